@@ -1,0 +1,54 @@
+# twostage: the two commands of the README, and the checks behind them.
+#   make reproduce   create .venv, install, run the main job (cpu profile: train, evaluate, rebuild tables and figures)
+#   make test        create .venv, install, check notebooks/package/README are in sync, run every test
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+# torch and torchvision must be a pair that imports together; this pair installs from PyPI
+# (and from this project's build machines' local wheels) and runs on CPU and CUDA.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+PROFILE ?= cpu
+STAMP := $(VENV)/.installed
+
+.PHONY: install reproduce test check readme export clean-nbs smoke
+install: $(STAMP)
+
+$(STAMP): settings.ini setup.py
+	@echo "== creating $(VENV) and installing twostage (torch pair: $(TORCH_PINS))"
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e ".[dev]" $(TORCH_PINS)
+	touch $(STAMP)
+
+reproduce: install
+	$(BIN)/twostage-reproduce --profile $(PROFILE)
+
+smoke: install
+	$(BIN)/twostage-reproduce --profile smoke
+
+# README.md is index.ipynb rendered to markdown (nbdev_readme needs quarto, which we do not require).
+readme: install
+	$(BIN)/jupyter nbconvert --log-level=WARN --to markdown --RegexRemovePreprocessor.patterns="['^#\\| *hide']" --stdout nbs/index.ipynb > README.md
+
+export: install
+	$(BIN)/nbdev_export
+
+clean-nbs: install
+	$(BIN)/nbdev_clean
+
+# Fails (after fixing the files in place) when notebooks were not clean, the package was not
+# what the notebooks export, or README.md was not index.ipynb rendered.
+check: install
+	@h() { find nbs twostage README.md -type f \( -name '*.ipynb' -o -name '*.py' -o -name '*.md' \) -not -path '*/.ipynb_checkpoints/*' | sort | xargs md5sum; }; \
+	before=$$(h); $(BIN)/nbdev_clean; after=$$(h); \
+	if [ "$$before" != "$$after" ]; then echo "FAIL: notebooks were not clean; nbdev_clean has cleaned them now, commit them"; exit 1; fi; \
+	before=$$(h); $(BIN)/nbdev_export; after=$$(h); \
+	if [ "$$before" != "$$after" ]; then echo "FAIL: twostage/ was out of sync with nbs/; nbdev_export has rewritten it, commit it"; diff <(echo "$$before") <(echo "$$after"); exit 1; fi; \
+	$(BIN)/jupyter nbconvert --log-level=WARN --to markdown --RegexRemovePreprocessor.patterns="['^#\\| *hide']" --stdout nbs/index.ipynb > .README.check.md; \
+	if ! cmp -s .README.check.md README.md; then diff README.md .README.check.md | head -20; rm -f .README.check.md; echo "FAIL: README.md does not match nbs/index.ipynb; run make readme"; exit 1; fi; \
+	rm -f .README.check.md; echo "ok: notebooks clean, package in sync, README in sync"
+
+test: check
+	$(BIN)/nbdev_test --n_workers 2 --timing
+	$(PY) -m pytest -q tests
