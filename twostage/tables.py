@@ -59,7 +59,7 @@ def peers_table(results, subset='all', family='pooled', full='t6_row9'):
     r.loc[r.experiment == full, 'row'] = 'twostage (full)'
     return wide(r, 'peers', subset, family)
 
-# %% ../nbs/18_tables.ipynb #2f6b6dce
+# %% ../nbs/18_tables.ipynb #5015d2aa
 def _md(df, floatfmt=4):
     d = df.copy()
     for c in d.columns:
@@ -108,8 +108,9 @@ def write_tables(results: pd.DataFrame, out_dir, profile: str = '', modules: dic
         for subset in sorted(full.subset.unique()):
             t = full[(full.subset == subset) & (full.family == 'pooled')].drop(columns=['subset', 'family'])
             md += [f'\n## Test faces: {subset}, all mask families pooled\n\n', _md(t)]
-            fam = full[(full.subset == subset) & (full.family != 'pooled')].pivot_table(index='row', columns='family', values='psnr', aggfunc='first')
-            md += [f'\n### PSNR per mask family ({subset})\n\n', _md(fam.reset_index())]
+            for metric in ['psnr', 'ssim'] + ([p] if p else []):
+                fam = full[(full.subset == subset) & (full.family != 'pooled')].pivot_table(index='row', columns='family', values=metric, aggfunc='first')
+                md += [f'\n### {metric} per mask family ({subset})\n\n', _md(fam.reset_index())]
         written[f'{name}_md'] = atomic_write(out / f'{name}.md', lambda f: Path(f).write_text(''.join(md)))
         t = full[(full.subset == 'all') & (full.family == 'pooled')].drop(columns=['subset', 'family', 'code_version'])
         written[f'{name}_tex'] = atomic_write(out / f'{name}.tex', lambda f: Path(f).write_text(_tex(t, caption)))
