@@ -21,7 +21,7 @@ from .train import load_model
 # %% auto #0
 __all__ = ['reproduce', 'main']
 
-# %% ../nbs/17_reproduce.ipynb #0424a230
+# %% ../nbs/17_reproduce.ipynb #2eecbc20
 def _protocol(profile: Profile, size: int) -> dict:
     return {'size': size, 'families': list(profile.families), 'n_test': profile.n_test, 'n_glasses': profile.n_glasses}
 
@@ -96,8 +96,9 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
         for k, v in figs_written.items(): log(f"[figure] {v}")
         written.update(figs_written)
     tot = time.time() - t0
-    atomic_write(out_root / 'timing.json', lambda p: Path(p).write_text(json.dumps(
-        {'profile': prof.name, 'total_seconds': round(tot, 1), 'experiments': timing, 'code_version': code_version()}, indent=1)))
+    with open(out_root / 'timing.jsonl', 'a') as f:   # one line per invocation: a cached rerun never hides the real cost
+        f.write(json.dumps({'profile': prof.name, 'finished': time.strftime('%Y-%m-%d %H:%M:%S'), 'total_seconds': round(tot, 1),
+                            'experiments': timing, 'code_version': code_version()}) + '\n')
     log(f"[done] profile {prof.name} in {tot / 60:.1f} min; tables and figures in {figs}; runs in {out_root}")
     return written
 
