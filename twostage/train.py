@@ -148,7 +148,7 @@ def _load_parts(module, state, prefixes):
 def _set_grad(module, flag):
     for p in module.parameters(): p.requires_grad_(flag)
 
-# %% ../nbs/12_train.ipynb #5f7255a9
+# %% ../nbs/12_train.ipynb #38176526
 class Trainer:
     "Trains one stage of a two-stage model; resumable, DDP-aware, logs every loss term."
     def __init__(self,
@@ -287,8 +287,10 @@ class Trainer:
                 'rng': _rng_state(), 'model_cfg': self.mcfg.to_dict(), 'loss_cfg': self.lcfg.to_dict(),
                 'train_cfg': self.tcfg.to_dict(), 'code_version': code_version()}
 
-    def save(self, name='last.pt'):
+    def save(self, name='last.pt', sync: bool = False):
+        "Rank 0 writes the checkpoint; with `sync`, every rank waits for it (the next stage reads `last.pt`)."
         if self.rank == 0: atomic_save(self.state_dict(), self.out / name)
+        if sync and self.world > 1: dist.barrier()
 
     def load(self, path):
         "Restore everything from a checkpoint of this same stage and configuration."
@@ -372,7 +374,7 @@ class Trainer:
                     self.save_samples(out)
             if self.step % self.tcfg.ckpt_every == 0 or self.step in (stop, end):
                 self._flush(rows, logf); rows = []
-                self.save('last.pt')
+                self.save('last.pt', sync=True)
             if self.step == end: break
         bar.close()
         self._flush(rows, logf)
