@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from twostage.inpaint import (tiny_checkpoint, load_inpainter, inpaint_image, inpaint_folder, prepare, prepare_mask,
-                              main, TINY_DELTA)
+                              main)
+from twostage.models.twostage import TINY_CFG
 
 torch.set_num_threads(1)
 
@@ -115,11 +116,9 @@ def test_cli_main(ck, tmp_path):
     assert main(['--checkpoint', str(ck), '--images', str(tmp_path), '--masks', str(tmp_path), '--out', str(tmp_path / 'f')]) == 0
 
 def test_mismatched_checkpoint(ck, tmp_path, capsys):
-    from dataclasses import replace
-    from twostage.models.twostage import LITE_CFG
     other = tiny_checkpoint(tmp_path / 'other.pt', fem=False)
     with pytest.raises(ValueError, match='fem'):
-        load_inpainter(other, model_cfg=replace(LITE_CFG, **TINY_DELTA))
+        load_inpainter(other, model_cfg=TINY_CFG)
     _photo().save(tmp_path / 'p.jpg'); Image.fromarray(_hole()).save(tmp_path / 'm.png')
     with pytest.raises(SystemExit) as e:
         main(['--checkpoint', str(other), '--image', str(tmp_path / 'p.jpg'), '--mask', str(tmp_path / 'm.png'),

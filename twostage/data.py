@@ -15,16 +15,16 @@ from PIL import Image, ImageOps
 from .core import data_dir, to_m11, pil_to_tensor
 
 # %% auto #0
-__all__ = ['IMG_EXTS', 'SPLITS', 'UnreadableImage', 'load_image', 'square_resize', 'read_attrs', 'read_partition', 'index_faces',
-           'split_faces', 'glasses', 'FaceDataset', 'FaceData', 'load_faces', 'fig_faces']
+__all__ = ['IMG_EXTS', 'SPLITS', 'UnreadableImage', 'to_rgb', 'load_image', 'square_resize', 'read_attrs', 'read_partition',
+           'index_faces', 'split_faces', 'glasses', 'FaceDataset', 'FaceData', 'load_faces', 'fig_faces']
 
-# %% ../nbs/01_data.ipynb #8b4248e6
+# %% ../nbs/01_data.ipynb #11b3a6ef
 IMG_EXTS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
 
 class UnreadableImage(ValueError):
     "A file that is not a readable image (corrupt, truncated or not an image at all)."
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     "Any Pillow mode -> RGB; alpha is composited over white."
     if img.mode == 'RGB': return img
     if img.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
@@ -46,7 +46,7 @@ def load_image(path) -> Image.Image:
         with Image.open(path) as img:
             img.seek(0); img.load()
             img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return to_rgb(img)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise UnreadableImage(f"cannot read image {path}: {type(e).__name__}: {e}") from None
 

@@ -55,7 +55,7 @@ def find_checkpoints(runs=None) -> pd.DataFrame:
     df = df.assign(_o=[(not r.done, r.stage != 'fine', r.experiment != 'full', -r.mtime) for r in df.itertuples()])
     return df.sort_values('_o').drop(columns='_o')[cols].reset_index(drop=True)
 
-# %% ../nbs/20_demo.ipynb #584cd74e
+# %% ../nbs/20_demo.ipynb #82f212ac
 _FACES = {}
 
 def _faces(data=None, seed: int = 0):
@@ -109,12 +109,12 @@ def load_photo(photo,          # bytes of an image file, a path, or a PIL image 
                size: int = 64, # the model's side
               ) -> tuple:
     "An uploaded photo for the demo: (1 x 3 x size x size tensor, a sentence saying what was done to it)."
-    from twostage.data import load_image, _to_rgb, UnreadableImage
+    from twostage.data import load_image, to_rgb, UnreadableImage
     if isinstance(photo, (bytes, bytearray, memoryview)):
         try:
-            with Image.open(io.BytesIO(bytes(photo))) as im: im.load(); img = _to_rgb(im)
+            with Image.open(io.BytesIO(bytes(photo))) as im: im.load(); img = to_rgb(im)
         except (OSError, SyntaxError, ValueError) as e: raise UnreadableImage(f"cannot read the uploaded file: {e}") from None
-    elif isinstance(photo, Image.Image): img = _to_rgb(photo)
+    elif isinstance(photo, Image.Image): img = to_rgb(photo)
     else: img = load_image(photo)
     x, info = prepare(img, size)
     return x, info['note'] + " (the model works on square faces at its training size)"

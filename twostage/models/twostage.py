@@ -16,8 +16,8 @@ from .fine import FineNet
 from .discriminators import PatchDiscriminator, LocalDiscriminator, RelativisticDiscriminator
 
 # %% auto #0
-__all__ = ['PAPER_CFG', 'LITE_CFG', 'STAGES', 'ModelCfg', 'TwoStage', 'build_model', 'build_discriminators', 'param_counts',
-           'architecture_table', 'fig_architecture', 'save_architecture']
+__all__ = ['PAPER_CFG', 'LITE_CFG', 'TINY_CFG', 'STAGES', 'ModelCfg', 'TwoStage', 'build_model', 'build_discriminators',
+           'param_counts', 'architecture_table', 'fig_architecture', 'save_architecture']
 
 # %% ../../nbs/08_models.twostage.ipynb #174c3386
 @dataclass(frozen=True)
@@ -76,9 +76,10 @@ class ModelCfg:
         "Image sides must be multiples of this."
         return math.lcm(2 ** self.coarse_depth, 2 ** self.fine_depth)
 
-# %% ../../nbs/08_models.twostage.ipynb #c833b442
+# %% ../../nbs/08_models.twostage.ipynb #56cefd6a
 PAPER_CFG = ModelCfg()
 LITE_CFG = ModelCfg(coarse_base=16, coarse_res=1, fine_base=16, n_fem=2, disc_base=16, disc_layers=3)
+TINY_CFG = replace(LITE_CFG, coarse_base=8, coarse_depth=3, fine_base=8, fine_depth=2, n_fem=1, disc_base=8, disc_layers=3)  # tests, smoke runs
 
 # %% ../../nbs/08_models.twostage.ipynb #308730b5
 STAGES = ('both', 'coarse', 'fine')
