@@ -172,7 +172,7 @@ def test_ablation_rows_build_and_step(row):
 
 
 def test_config_hash_and_json():
-    assert PAPER_CFG.hash() == 'eff5ccfcec'
+    assert PAPER_CFG.hash() == '6367973114'
     assert len({replace(PAPER_CFG, **d).hash() for d in ABLATIONS.values()}) == len(ABLATIONS)
     d = json.loads(LITE_CFG.to_json())
     assert ModelCfg.from_dict(d) == LITE_CFG and isinstance(ModelCfg.from_dict(d).fem_scales, tuple)

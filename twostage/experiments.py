@@ -16,8 +16,9 @@ from .losses import LossCfg
 from .train import TrainCfg, train_stages, Trainer, STAGE2_FIELDS
 
 # %% auto #0
-__all__ = ['FULL', 'FULL_LOSS', 'TABLE6_ROWS', 'TABLE6', 'STAGE1', 'EXPERIMENTS', 'SIZE_FIELDS', 'SMOKE_SIZES', 'PROFILES',
-           'Experiment', 'get_experiment', 'Profile', 'get_profile', 'stage_keys', 'data_id', 'train_experiment']
+__all__ = ['FULL', 'FULL_LOSS', 'TABLE6_ROWS', 'TABLE6', 'STAGE1', 'EXPERIMENTS', 'SIZE_FIELDS', 'SMOKE_SIZES', 'CPU_CFG',
+           'PROFILES', 'Experiment', 'get_experiment', 'Profile', 'get_profile', 'stage_keys', 'data_id',
+           'train_experiment']
 
 # %% ../nbs/15_experiments.ipynb #a9c4c1c9
 FULL = PAPER_CFG
@@ -72,7 +73,7 @@ def get_experiment(name: str) -> Experiment:
     if name not in EXPERIMENTS: raise ValueError(f"unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}")
     return EXPERIMENTS[name]
 
-# %% ../nbs/15_experiments.ipynb #f482b999
+# %% ../nbs/15_experiments.ipynb #95a9c2b1
 SIZE_FIELDS = ('coarse_base', 'coarse_depth', 'coarse_res', 'fine_base', 'fine_depth', 'n_fem', 'disc_base', 'disc_layers')
 
 @dataclass(frozen=True)
@@ -89,10 +90,13 @@ class Profile:
     peers: tuple = ('telea', 'navier_stokes', 'biharmonic', 'mean_fill')
     follow_partition: bool = False  # True: CelebA's official partition; False: hash split (see twostage.data)
     vgg_layers: tuple | None = None # VGG16 layers of the perceptual/style terms (None: the experiment's LossCfg)
+    recipe_fields: tuple = ()       # further ModelCfg fields this profile takes from `sizes` (no row may ablate them)
 
     def model_cfg(self, exp: Experiment) -> ModelCfg:
-        "The experiment's module switches at this profile's sizes."
-        return replace(exp.model, **{k: getattr(self.sizes, k) for k in SIZE_FIELDS})
+        "The experiment's module switches at this profile's sizes (and recipe fields)."
+        clash = [k for k in self.recipe_fields if getattr(exp.model, k) != getattr(FULL, k)]
+        if clash: raise ValueError(f"experiment {exp.name} changes {clash}, which profile {self.name!r} sets itself")
+        return replace(exp.model, **{k: getattr(self.sizes, k) for k in SIZE_FIELDS + tuple(self.recipe_fields)})
     def faces(self, data=None):
         "The faces of this profile: indexed, split, at its training size."
         from twostage.data import load_faces
@@ -105,13 +109,16 @@ class Profile:
         return self.train
 
 SMOKE_SIZES = TINY_CFG
+CPU_CFG = replace(LITE_CFG, coarse_norm='none', fine_residual=True)   # the cpu profile's sizes and recipe
 PROFILES = {
     'smoke': Profile('smoke', SMOKE_SIZES, TrainCfg(size=32, batch_size=2, steps_coarse=2, steps_fine=2, log_every=1,
                      sample_every=0, ckpt_every=2, val_every=2, n_val=2), n_test=4, n_glasses=2,
                      families=('medium', 'eyeband'), eval_batch=4, peers=('telea', 'mean_fill'), vgg_layers=('pool1',)),
-    'cpu': Profile('cpu', LITE_CFG, TrainCfg(size=64, batch_size=8, steps_coarse=900, steps_fine=600, sample_every=300,
-                   ckpt_every=100, val_every=100, log_every=10), n_test=120, n_glasses=50,
-                   families=('thin', 'medium', 'thick', 'freeform', 'center', 'eyeband'), vgg_layers=('pool1',)),
+    'cpu': Profile('cpu', CPU_CFG, TrainCfg(size=64, batch_size=8, steps_coarse=10_000, steps_fine=1000, lr_g=1e-3,
+                   lr_schedule='cosine', precision='bf16', channels_last=True, sample_every=1000, ckpt_every=250,
+                   val_every=250, log_every=10), stage1_steps=1200, n_test=120, n_glasses=50,
+                   families=('thin', 'medium', 'thick', 'freeform', 'center', 'eyeband'), vgg_layers=('pool1',),
+                   recipe_fields=('coarse_norm', 'fine_residual')),
     'gpu': Profile('gpu', PAPER_CFG, TrainCfg(size=256, batch_size=8, steps_coarse=100_000, steps_fine=100_000,
                    precision='bf16', channels_last=True, num_workers=8, sample_every=2000, ckpt_every=2000,
                    val_every=2000, log_every=50), n_test=2000, n_glasses=500, eval_batch=32, follow_partition=True),

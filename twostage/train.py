@@ -27,10 +27,10 @@ __all__ = ['STAGES', 'STAGE2_FIELDS', 'TrainCfg', 'StepBatches', 'step_masks', '
            'all_gather_objects', 'TrainingDiverged', 'shared_vgg', 'Trainer', 'save_sample_grid', 'ImageTensorDataset',
            'check_compatible', 'load_model', 'train_stages', 'main']
 
-# %% ../nbs/12_train.ipynb #0855ae4b
+# %% ../nbs/12_train.ipynb #bcfab896
 STAGES = ('coarse', 'fine', 'joint')
-STAGE2_FIELDS = ('fine_base', 'fine_depth', 'fine_skips', 'fine_attention', 'fine_norm', 'fem', 'fem_scales',
-                 'n_fem', 'relativistic')  # what stage 1 never sees: runs differing only here share a stage-1 run
+STAGE2_FIELDS = ('fine_base', 'fine_depth', 'fine_skips', 'fine_attention', 'fine_norm', 'fine_residual', 'fem',
+                 'fem_scales', 'n_fem', 'relativistic')  # what stage 1 never sees: runs differing only here share a stage-1 run
 
 @dataclass(frozen=True)
 class TrainCfg:
@@ -42,6 +42,7 @@ class TrainCfg:
     steps_joint: int = 0            # optional joint fine-tune steps
     lr_g: float = 2e-4              # generator learning rate (Adam)
     lr_d: float = 2e-4              # discriminator learning rate (Adam)
+    lr_schedule: str = 'constant'   # 'constant' | 'cosine' (both rates decay to 10 % by the stage's last step)
     betas: tuple = (0.5, 0.999)     # Adam betas
     mask_family: str = 'mixed'      # training mask family (twostage.masks.FAMILIES)
     seed: int = 0                   # seeds model init, data order and masks
@@ -148,7 +149,7 @@ def _load_parts(module, state, prefixes):
 def _set_grad(module, flag):
     for p in module.parameters(): p.requires_grad_(flag)
 
-# %% ../nbs/12_train.ipynb #38176526
+# %% ../nbs/12_train.ipynb #848e2613
 class Trainer:
     "Trains one stage of a two-stage model; resumable, DDP-aware, logs every loss term."
     def __init__(self,
@@ -188,6 +189,8 @@ class Trainer:
         if self.vgg is not None: self.vgg = self.vgg.to(self.device)
         pr = train_cfg.precision
         if pr not in ('fp32', 'bf16', 'fp16'): raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {pr!r}")
+        if train_cfg.lr_schedule not in ('constant', 'cosine'):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {train_cfg.lr_schedule!r}")
         if pr == 'fp16' and self.device.type != 'cuda': raise ValueError("fp16 needs a GPU; use 'bf16' on the CPU")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=(pr == 'fp16'))
         self.step = 0; self.best = math.inf
@@ -207,6 +210,17 @@ class Trainer:
         self.G, self.D = g_mod, d_mods
         self.opt_g = _adam(self.model.parameters(), self.tcfg.lr_g, self.tcfg.betas)
         self.opt_d = _adam([p for k in self.d_names for p in self.discs[k].parameters()], self.tcfg.lr_d, self.tcfg.betas)
+
+    def lr_factor(self, step: int) -> float:
+        "Multiplier of both learning rates at `step` of this stage (a pure function of the step: resumes exactly)."
+        if self.tcfg.lr_schedule == 'constant': return 1.
+        n = max(1, self.tcfg.steps(self.stage) - 1)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, n) / n))
+
+    def _set_lr(self):
+        f = self.lr_factor(self.step)
+        for opt, lr in ((self.opt_g, self.tcfg.lr_g), (self.opt_d, self.tcfg.lr_d)):
+            for g in opt.param_groups: g['lr'] = lr * f
 
     def _autocast(self):
         pr = self.tcfg.precision
@@ -360,6 +374,7 @@ class Trainer:
             if self.step >= end: break
             mask = step_masks(self.tcfg.mask_family, self.tcfg.batch_size, self.tcfg.size, self.tcfg.seed, self.stage,
                               self.step, self.rank, self.world)
+            self._set_lr()
             logs = self.train_step(image, mask)
             self.step += 1
             rows.append({'stage': self.stage, 'step': self.step - 1, 'time': time.time() - t0, **logs, 'val_hole_l1': float('nan')})

@@ -13,7 +13,7 @@ from .fem import FEM, PlainBlock
 # %% auto #0
 __all__ = ['FineNet']
 
-# %% ../../nbs/07_models.fine.ipynb #af01dd5c
+# %% ../../nbs/07_models.fine.ipynb #22479700
 class FineNet(nn.Module):
     "Stage 2 refiner: (composited coarse image, mask) -> B x 3 x H x W in [-1, 1]."
     def __init__(self, base: int = 64, # width of the first level
@@ -26,16 +26,18 @@ class FineNet(nn.Module):
                  norm: str = 'instance', # normalisation kind
                  max_mult: int = 8, # widths are capped at base * max_mult
                  in_ch: int = 4, # composited RGB + mask
+                 residual: bool = False, # predict a correction added to the input (head starts at zero: stage 2 begins as the identity)
                 ):
         super().__init__()
         chs = [min(base * 2 ** i, base * max_mult) for i in range(depth + 1)]
-        self.skips, self.multiple, self.chs, self.fem = skips, 2 ** depth, chs, fem
+        self.skips, self.multiple, self.chs, self.fem, self.residual = skips, 2 ** depth, chs, fem, residual
         self.stem = ConvBlock(in_ch, chs[0], 3, norm=norm)
         self.downs = nn.ModuleList(ConvBlock(chs[i], chs[i + 1], 3, stride=2, norm=norm) for i in range(depth))
         block = (lambda: FEM(chs[-1], fem_scales, attention, norm)) if fem else (lambda: PlainBlock(chs[-1], attention, norm))
         self.mid = nn.ModuleList(block() for _ in range(n_fem))
         self.ups = nn.ModuleList(UpBlock(chs[i + 1], chs[i] if skips else 0, chs[i], norm) for i in reversed(range(depth)))
         self.head = nn.Conv2d(chs[0], 3, 3, padding=1)
+        if residual: nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)
 
     def forward(self, x, # B x 3 x H x W, the composited coarse result in [-1, 1]
                 mask, # B x 1 x H x W, 1 = hole
@@ -46,4 +48,5 @@ class FineNet(nn.Module):
         h = feats.pop()
         for blk in self.mid: h = blk(h)
         for up in self.ups: h = up(h, feats.pop())
+        if self.residual: return (x + self.head(h)).clamp(-1, 1)
         return torch.tanh(self.head(h))

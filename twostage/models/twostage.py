@@ -19,7 +19,7 @@ from .discriminators import PatchDiscriminator, LocalDiscriminator, Relativistic
 __all__ = ['PAPER_CFG', 'LITE_CFG', 'TINY_CFG', 'STAGES', 'ModelCfg', 'TwoStage', 'build_model', 'build_discriminators',
            'param_counts', 'architecture_table', 'fig_architecture', 'save_architecture']
 
-# %% ../../nbs/08_models.twostage.ipynb #174c3386
+# %% ../../nbs/08_models.twostage.ipynb #854f5268
 @dataclass(frozen=True)
 class ModelCfg:
     "Everything that defines the generators and discriminators; frozen, hashable, JSON round-trippable."
@@ -38,6 +38,7 @@ class ModelCfg:
     fem_scales: tuple = (1, 2, 4, 8) # dilation rates of the FEM branches
     n_fem: int = 4                   # blocks in the fine network's middle
     fine_norm: str = 'instance'      # fine normalisation
+    fine_residual: bool = False      # stage 2 predicts a correction of the coarse result (zero-initialised head)
     disc_base: int = 64              # discriminator width of the first layer
     disc_layers: int = 4             # stride-2 layers of every discriminator
     local_disc: bool = True          # stage 1 has a local discriminator besides the global one
@@ -81,7 +82,7 @@ PAPER_CFG = ModelCfg()
 LITE_CFG = ModelCfg(coarse_base=16, coarse_res=1, fine_base=16, n_fem=2, disc_base=16, disc_layers=3)
 TINY_CFG = replace(LITE_CFG, coarse_base=8, coarse_depth=3, fine_base=8, fine_depth=2, n_fem=1, disc_base=8, disc_layers=3)  # tests, smoke runs
 
-# %% ../../nbs/08_models.twostage.ipynb #308730b5
+# %% ../../nbs/08_models.twostage.ipynb #3119af86
 STAGES = ('both', 'coarse', 'fine')
 
 class TwoStage(nn.Module):
@@ -122,7 +123,7 @@ def build_model(cfg: ModelCfg = PAPER_CFG) -> TwoStage:
     coarse = CoarseGenerator(cfg.coarse_base, cfg.coarse_depth, cfg.coarse_skips, cfg.coarse_attention,
                              cfg.coarse_attn_at, cfg.coarse_norm, n_res=cfg.coarse_res)
     fine = FineNet(cfg.fine_base, cfg.fine_depth, cfg.n_fem, cfg.fem, cfg.fem_scales, cfg.fine_skips,
-                   cfg.fine_attention, cfg.fine_norm)
+                   cfg.fine_attention, cfg.fine_norm, residual=cfg.fine_residual)
     return TwoStage(coarse, fine)
 
 def build_discriminators(cfg: ModelCfg = PAPER_CFG) -> nn.ModuleDict:
