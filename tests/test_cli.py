@@ -88,8 +88,8 @@ def test_bench_recipe_command(faces_dir, tmp_path, capsys):
     from twostage.bench import main
     out = tmp_path / 'recipe.csv'
     main(['recipe', '--profile', 'smoke', '--steps', '1', '--n-faces', '2', '--families', 'medium', '--variants', 'profile',
-          'l1_only', '--data', str(faces_dir), '--runs', str(tmp_path / 'runs'), '--device', 'cpu', '--csv', str(out)])
+          'l1_no_gan', '--data', str(faces_dir), '--runs', str(tmp_path / 'runs'), '--device', 'cpu', '--csv', str(out)])
     df = pd.read_csv(out)
-    assert df.variant.tolist() == ['biharmonic', 'profile', 'l1_only'] and df.psnr.notna().all()
-    assert 'l1_only' in capsys.readouterr().out
+    assert df.variant.tolist() == ['biharmonic', 'profile', 'l1_no_gan'] and df.psnr.notna().all()
+    assert 'l1_no_gan' in capsys.readouterr().out
     with pytest.raises(SystemExit): main(['recipe', '--variants', 'warp_speed'])

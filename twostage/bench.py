@@ -123,7 +123,7 @@ def train_table(configs=('PAPER', 'LITE'), sizes=(64, 128), variants=('fp32', 'b
                     if out: print(f"{c:6s} {s:4d}px {st:6s} {v:20s}: {sec:8.3f} s/step  x{rows[-1]['speedup']:.2f}", file=out, flush=True)
     return rows
 
-# %% ../nbs/90_bench.ipynb #4ac87ec5
+# %% ../nbs/90_bench.ipynb #a8969783
 RECIPE_VARIANTS = {   # name -> deltas on the profile's full model: {'model': {...}, 'loss': {...}, 'train': {...}}
     'profile': {},
     'batch_norm': {'model': {'coarse_norm': 'batch'}},
@@ -131,11 +131,11 @@ RECIPE_VARIANTS = {   # name -> deltas on the profile's full model: {'model': {.
     'lr_2e-3': {'train': {'lr_g': 2e-3}},
     'constant_lr': {'train': {'lr_schedule': 'constant'}},
     'fp32': {'train': {'precision': 'fp32', 'channels_last': False}},
-    'l1_only': {'loss': {'perceptual': 0., 'style': 0., 'adversarial': 0.}},
+    'l1_no_gan': {'loss': {'perceptual': 0., 'style': 0., 'adversarial': 0.}},   # L1 terms alone, no discriminator term
     'coarse_base_32': {'model': {'coarse_base': 32}},
 }
 
-def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l1_only'), # keys of `RECIPE_VARIANTS`
+def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l1_no_gan'), # keys of `RECIPE_VARIANTS`
                  profile='cpu',      # a profile name or `twostage.experiments.Profile`
                  steps: int = 1500,  # stage-1 steps per variant
                  n_faces: int = 60,  # test faces per mask family
@@ -178,7 +178,7 @@ def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l
             score(v, model_fn(tr.model, 'coarse', device), sec)
     return pd.DataFrame(rows)
 
-# %% ../nbs/90_bench.ipynb #ec38765c
+# %% ../nbs/90_bench.ipynb #23807035
 def forward_table(configs=('PAPER', 'LITE'), # names in `PRESETS`
                   sizes=(64, 128, 256), # image sides
                   stage: str = 'both', n: int = 5, batch: int = 1, channels_last: bool = False, device=None,
@@ -217,7 +217,7 @@ def main(argv=None):
     t.add_argument('--device', default=None); t.add_argument('--threads', type=int, default=None)
     t.add_argument('--csv', default=None, help='also write the rows to this CSV')
     r = sub.add_parser('recipe', help="short stage-1 runs of a profile's full model, one per recipe variant, scored per mask family")
-    r.add_argument('--variants', nargs='+', default=['profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l1_only'],
+    r.add_argument('--variants', nargs='+', default=['profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l1_no_gan'],
                    choices=list(RECIPE_VARIANTS))
     r.add_argument('--profile', default='cpu'); r.add_argument('--steps', type=int, default=1500)
     r.add_argument('--n-faces', type=int, default=60)
