@@ -82,3 +82,14 @@ def test_torchrun_two_processes_train_from_config(faces_dir, tmp_path):
     log = pd.read_csv(runs[0] / 'fine' / 'losses.csv')
     assert log.step.tolist() == [0, 1]                      # written once (rank 0), not once per process
     assert r.stdout.count('"coarse"') == 1                  # only rank 0 prints the result
+
+
+def test_bench_recipe_command(faces_dir, tmp_path, capsys):
+    from twostage.bench import main
+    out = tmp_path / 'recipe.csv'
+    main(['recipe', '--profile', 'smoke', '--steps', '1', '--n-faces', '2', '--families', 'medium', '--variants', 'profile',
+          'l1_no_gan', '--data', str(faces_dir), '--runs', str(tmp_path / 'runs'), '--device', 'cpu', '--csv', str(out)])
+    df = pd.read_csv(out)
+    assert df.variant.tolist() == ['biharmonic', 'profile', 'l1_no_gan'] and df.psnr.notna().all()
+    assert 'l1_no_gan' in capsys.readouterr().out
+    with pytest.raises(SystemExit): main(['recipe', '--variants', 'warp_speed'])
