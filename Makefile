@@ -1,6 +1,7 @@
 # twostage: the two commands of the README, and the checks behind them.
 #   make reproduce   create .venv, install, run the main job (cpu profile: train, evaluate, rebuild tables and figures)
 #   make test        create .venv, install, check notebooks/package/README are in sync, run every test
+#   make release     retrain the shipped 128 px model from scratch (release profile), evaluate it, rewrite twostage/assets/
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,20 +10,25 @@ BIN := $(VENV)/bin
 # (and from this project's build machines' local wheels) and runs on CPU and CUDA.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PROFILE ?= cpu
+# auto: the precision that is fastest on this machine (fp32 on CPUs without native bf16); fp32 or bf16 to force one
+PRECISION ?= auto
 STAMP := $(VENV)/.installed
 
-.PHONY: install reproduce test check readme export clean-nbs smoke
+.PHONY: install reproduce release test check readme export clean-nbs smoke
 install: $(STAMP)
 
 $(STAMP): settings.ini setup.py
 	@echo "== creating $(VENV) and installing twostage (torch pair: $(TORCH_PINS))"
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e ".[dev]" $(TORCH_PINS)
+	$(PY) -m pip install -q -e ".[dev,onnx]" $(TORCH_PINS)
 	touch $(STAMP)
 
 reproduce: install
-	$(BIN)/twostage-reproduce --profile $(PROFILE)
+	$(BIN)/twostage-reproduce --profile $(PROFILE) --precision $(PRECISION)
+
+release: install
+	$(BIN)/twostage-reproduce --profile release --precision $(PRECISION)
 
 smoke: install
 	$(BIN)/twostage-reproduce --profile smoke

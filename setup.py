@@ -31,8 +31,9 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['twostage', 'twostage.*']),
     include_package_data=True,
+    package_data={'twostage': ['assets/*.safetensors', 'assets/*.json']},   # the released weights
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'onnx': ['onnx', 'onnxruntime']},
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

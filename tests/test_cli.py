@@ -1,5 +1,5 @@
-"The console scripts work end to end on a folder of images: train (config file and named experiment), evaluate, inpaint."
-import json, subprocess, sys
+"The console scripts work end to end on a folder of images (train, evaluate, inpaint), and report user mistakes the same way."
+import ast, json, os, subprocess, sys
 from dataclasses import replace
 from pathlib import Path
 import numpy as np
@@ -8,6 +8,15 @@ import pytest
 from PIL import Image
 
 from twostage.experiments import SMOKE_SIZES, get_profile
+
+
+def _entry(name: str):
+    "(module, function) behind a console script, as settings.ini declares it (twostage-train has moved before)."
+    import configparser, importlib
+    cfg = configparser.ConfigParser(); cfg.read(Path(__file__).resolve().parents[1] / 'settings.ini')
+    spec = dict(l.strip().split('=') for l in cfg['DEFAULT']['console_scripts'].split('\n') if l.strip())
+    mod, fn = spec[name].split(':')
+    return mod, getattr(importlib.import_module(mod), fn)
 
 
 @pytest.fixture(scope='module')
@@ -21,7 +30,7 @@ def faces_dir(tmp_path_factory):
 
 
 def test_train_from_config_file(faces_dir, tmp_path):
-    from twostage.train import main
+    _, main = _entry('twostage-train')
     spec = {'model': SMOKE_SIZES.to_dict(), 'loss': {'perceptual': 0., 'style': 0.},
             'train': {'size': 32, 'batch_size': 2, 'steps_coarse': 2, 'steps_fine': 2, 'ckpt_every': 2, 'val_every': 2,
                       'sample_every': 0, 'n_val': 2}}
@@ -33,7 +42,7 @@ def test_train_from_config_file(faces_dir, tmp_path):
 
 
 def test_train_named_experiment_then_eval_then_inpaint(faces_dir, tmp_path, capsys):
-    from twostage.train import main as train_main
+    _, train_main = _entry('twostage-train')
     from twostage.evaluate import main as eval_main
     from twostage.inpaint import main as inpaint_main
     train_main(['--experiment', 'full', '--profile', 'smoke', '--data', str(faces_dir), '--out', str(tmp_path / 'runs'),
@@ -44,6 +53,10 @@ def test_train_named_experiment_then_eval_then_inpaint(faces_dir, tmp_path, caps
                '--masks', str(tmp_path / 'masks'), '--device', 'cpu'])
     res = pd.read_csv(out_csv)
     assert {'psnr', 'ssim', 'hole_psnr', 'hole_l1'} <= set(res.metric)
+    from twostage.evaluate import RESULT_COLUMNS
+    assert list(res.columns) == RESULT_COLUMNS                     # every row says what it measured
+    assert res.stage.unique().tolist() == ['both'] and res['size'].unique().tolist() == [32]
+    assert res.profile.unique().tolist() == ['smoke']
     assert (res.n > 0).all() and np.isfinite(res[res.metric == 'ssim'].value).all()
     assert 'wrote' in capsys.readouterr().out
     img, mask = tmp_path / 'photo.png', tmp_path / 'mask.png'
@@ -73,7 +86,7 @@ def test_torchrun_two_processes_train_from_config(faces_dir, tmp_path):
             'train': {'size': 32, 'batch_size': 4, 'steps_coarse': 2, 'steps_fine': 2, 'ckpt_every': 2, 'val_every': 2,
                       'sample_every': 0, 'n_val': 2}}
     cfg = tmp_path / 'run.json'; cfg.write_text(json.dumps(spec))
-    r = subprocess.run([str(torchrun), '--standalone', '--nproc_per_node', '2', '-m', 'twostage.train', '--config', str(cfg),
+    r = subprocess.run([str(torchrun), '--standalone', '--nproc_per_node', '2', '-m', _entry('twostage-train')[0], '--config', str(cfg),
                         '--data', str(faces_dir), '--out', str(tmp_path / 'out'), '--device', 'cpu'],
                        capture_output=True, text=True, timeout=300, env={**__import__('os').environ, 'OMP_NUM_THREADS': '1'})
     assert r.returncode == 0, r.stderr[-2000:]
@@ -93,3 +106,93 @@ def test_bench_recipe_command(faces_dir, tmp_path, capsys):
     assert df.variant.tolist() == ['biharmonic', 'profile', 'l1_no_gan'] and df.psnr.notna().all()
     assert 'l1_no_gan' in capsys.readouterr().out
     with pytest.raises(SystemExit): main(['recipe', '--variants', 'warp_speed'])
+
+
+# ---------------------------------------------------------------- twostage.cli.guard
+
+def _toy():
+    from twostage.cli import guard
+    from twostage.core import UserError
+    @guard('toy')
+    def main(argv=None):
+        "Toy entry point."
+        import argparse
+        p = argparse.ArgumentParser(prog='toy'); p.add_argument('what'); a = p.parse_args(argv)
+        if a.what == 'user':
+            e = UserError('--out a.png is the input image'); e.hint = 'choose another --out'; raise e
+        if a.what == 'value': raise ValueError("unknown profile 'fast'; valid: smoke, cpu, gpu")
+        if a.what == 'missing': raise FileNotFoundError(2, 'No such file or directory', 'x.pt')
+        if a.what == 'cuda': raise AssertionError('Torch not compiled with CUDA enabled')
+        if a.what == 'unreadable':
+            from twostage.data import UnreadableImage
+            raise UnreadableImage('cannot read image a.jpg')
+        if a.what == 'bug': raise KeyError('oops')
+        if a.what == 'shape': raise RuntimeError('mat1 and mat2 shapes cannot be multiplied')
+        if a.what == 'ctrl-c': raise KeyboardInterrupt
+        if a.what == 'exit3': raise SystemExit(3)
+        return 0
+    return main
+
+
+def _code(main, argv, capsys):
+    try: code = main(argv)
+    except SystemExit as e: code = e.code
+    return code, capsys.readouterr().err
+
+
+DEBUG = '(run again with --debug for the full traceback)'
+
+@pytest.mark.parametrize('what, code, err', [
+    ('ok', 0, ''),
+    ('user', 2, 'toy: error: --out a.png is the input image\ntoy: choose another --out\n'),
+    ('value', 2, f"toy: error: unknown profile 'fast'; valid: smoke, cpu, gpu\n{DEBUG}\n"),
+    ('missing', 2, f'toy: error: No such file or directory: x.pt\n{DEBUG}\n'),
+    ('cuda', 2, f'toy: error: Torch not compiled with CUDA enabled\n{DEBUG}\n'),
+    ('unreadable', 2, f'toy: error: cannot read image a.jpg\n{DEBUG}\n'),
+    ('ctrl-c', 130, f'toy: error: interrupted\n{DEBUG}\n'),
+    ('exit3', 3, ''),
+])
+def test_guard_reports_user_mistakes(capsys, what, code, err):
+    assert _code(_toy(), [what], capsys) == (code, err)
+
+
+def test_guard_keeps_tracebacks_for_bugs_and_debug(capsys, monkeypatch):
+    main = _toy()
+    with pytest.raises(KeyError): main(['bug'])
+    with pytest.raises(RuntimeError, match='shapes'): main(['shape'])          # not about a device: a bug
+    with pytest.raises(ValueError, match='unknown profile'): main(['value', '--debug'])
+    assert _code(main, ['ok', '--debug'], capsys) == (0, '')                  # --debug is removed before parsing
+    code, err = _code(main, ['ok', 'extra'], capsys)                          # argparse's own errors pass through
+    assert code == 2 and 'unrecognized arguments: extra' in err
+    monkeypatch.setenv('TWOSTAGE_DEBUG', '1')
+    with pytest.raises(ValueError): main(['value'])
+    monkeypatch.delenv('TWOSTAGE_DEBUG')
+    monkeypatch.setattr(sys, 'argv', ['toy', 'user'])                         # argv=None reads sys.argv[1:]
+    assert _code(main, None, capsys)[0] == 2
+    assert main.__name__ == 'main' and main.__doc__ == 'Toy entry point.'
+
+
+def test_check_device(monkeypatch):
+    from twostage.core import check_device, UserError
+    check_device('cpu')
+    monkeypatch.setattr('torch.cuda.is_available', lambda: False)
+    for dev in ('cuda', 'cuda:0'):
+        with pytest.raises(UserError, match=r'^--device cuda(:0)?: this machine has no CUDA GPU \(torch.cuda.is_available\(\) is False\); use --device cpu$'):
+            check_device(dev)
+    monkeypatch.setattr('torch.backends.mps.is_available', lambda: False)
+    with pytest.raises(UserError, match='--device mps: this machine has no MPS device'): check_device('mps')
+    with pytest.raises(UserError, match='not a device name'): check_device('gpu')
+    monkeypatch.setenv('TWOSTAGE_DEVICE', 'cuda')
+    with pytest.raises(UserError, match='TWOSTAGE_DEVICE=cuda'): check_device(None)
+
+
+def test_cli_module_is_light():
+    "twostage.cli imports only sys, os and twostage.core at the top, so any module can use it without a cycle."
+    import twostage.cli as cli
+    tree = ast.parse(Path(cli.__file__).read_text())
+    top = set()
+    for n in tree.body:
+        if isinstance(n, ast.Import): top |= {a.name for a in n.names}
+        elif isinstance(n, ast.ImportFrom) and n.module != '__future__': top.add('.' * n.level + (n.module or ''))
+    assert top <= {'sys', 'os', '.core', 'twostage.core'}, top
+    assert cli.__all__ == ['guard']

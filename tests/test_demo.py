@@ -43,12 +43,12 @@ def test_no_checkpoint(tmp_path):
     assert len(find_checkpoints(tmp_path)) == 0
     msg = no_checkpoint_message(tmp_path)
     assert 'make reproduce' in msg and 'twostage-train --experiment full --profile cpu' in msg
-    demo = Demo(runs=tmp_path)
+    demo = Demo(runs=tmp_path, release=False)
     assert demo.model is None and demo.w_run.disabled and 'make reproduce' in demo.status.value
     demo.on_run(); demo.on_save(); demo.on_face(); demo.on_upload()    # none of them fails
     assert 'nothing to save' in demo.messages[0]
     with pytest.raises(FileNotFoundError, match='make reproduce'):
-        fig_demo_panel(runs=tmp_path)
+        fig_demo_panel(runs=tmp_path, release=False)
 
 def test_inputs(faces):
     x, info = pick_face('test', index=1, size=32, data=faces)
@@ -63,6 +63,12 @@ def test_inputs(faces):
     assert make_mask('rectangle', 20, box=(0, 0, 0.5, 0.5)).sum() == 100
     with pytest.raises(ValueError, match='fractions'):
         make_mask('rectangle', 20, box=(0, 0, 5, 5))
+    with pytest.raises(ValueError, match='cannot read the uploaded file notes.txt: it is not an image') as e:
+        load_photo(b'just some text', 32, name='notes.txt')
+    assert 'BytesIO' not in str(e.value)
+    buf = io.BytesIO(); Image.new('RGB', (20, 20)).save(buf, format='PNG')
+    with pytest.raises(ValueError, match='cut.png') as e: load_photo(buf.getvalue()[:50], 32, name='cut.png')
+    assert 'BytesIO' not in str(e.value)
     p, note = load_photo(Image.new('RGB', (640, 480)), 32)
     assert p.shape == (1, 3, 32, 32) and 'centre-cropped 640x480 to 480x480' in note and 'resized to 32x32' in note
 
@@ -89,7 +95,7 @@ def test_stage1_checkpoint_shows_coarse(runs, faces):
     plt.close(fig_panel(res))
 
 def test_demo_callbacks(runs, faces, tmp_path):
-    demo = Demo(runs=runs, data=faces, save_dir=tmp_path / 'saved')
+    demo = Demo(runs=runs, data=faces, save_dir=tmp_path / 'saved', release=False)
     assert demo.model is not None and demo.size == 32 and demo.image.shape == (1, 3, 32, 32)
     first = demo.image.clone()
     demo.w_index.value = 3; assert not torch.equal(demo.image, first)
@@ -105,16 +111,43 @@ def test_demo_callbacks(runs, faces, tmp_path):
     demo.w_upload.value = _upload(buf.getvalue())
     assert 'centre-cropped 300x100' in demo.messages[0]
     assert torch.allclose(demo.on_run()['image'][0, 0], torch.ones(32, 32))   # pure red: R channel = 1
-    demo.w_upload.value = _upload(b'garbage', 'bad.png'); assert 'cannot read' in demo.messages[0]
+    demo.w_upload.value = _upload(b'garbage', 'bad.png')
+    assert 'cannot read the uploaded file bad.png' in demo.messages[0] and 'BytesIO' not in demo.messages[0]
     demo.w_ckpt.value = demo.w_ckpt.options[1][1]                            # switch to the stage-1 checkpoint
     assert demo.model.trained_stage == 'coarse'
     demo.w_stage.value = 'both'; assert demo.on_run()['fine'] is None
     assert demo.widget() is not None
 
 def test_fig_demo_panel(runs, faces, tmp_path):
-    fig = fig_demo_panel(runs=runs, data=faces, out_dir=tmp_path)
+    fig = fig_demo_panel(runs=runs, data=faces, out_dir=tmp_path, release=False)
     assert (tmp_path / 'demo_panel.png').exists() and 'smoke/full' in fig._suptitle.get_text()
 
 def test_latency_lite_128():
     lat = measure_latency(size=128, threads=2, repeats=2)
     assert lat['median_s'] < 5, lat      # target < 1 s; loose bound for a shared CPU
+
+
+def test_demo_finds_the_full_model_of_a_real_smoke_run(tmp_path, faces):
+    "No hand-written run record: the main job's own done.json must lead the demo and its figure to the full model."
+    from twostage.reproduce import reproduce
+    from twostage.experiments import train_experiment, get_profile, EXPERIMENTS
+    runs = tmp_path / 'runs'
+    reproduce('smoke', data=faces, runs=runs, figures=tmp_path / 'figs', experiments=['t6_row1', 't6_row9'], peers=False,
+              make_figures=False, progress=False, log=lambda *a: None)
+    full_ck = train_experiment(EXPERIMENTS['t6_row9'], get_profile('smoke'), data=faces, runs=runs, progress=False)['fine']
+    row1 = train_experiment(EXPERIMENTS['t6_row1'], get_profile('smoke'), data=faces, runs=runs, progress=False)['fine']
+    import os, time; os.utime(row1, (time.time() + 60, time.time() + 60))   # the newest run is NOT the full model
+    cks = find_checkpoints(runs)
+    assert len(cks[cks.stage == 'fine']) == 2
+    top = cks.iloc[0]
+    assert top.experiment == 'full' and top.stage == 'fine' and top.path == str(full_ck), cks[['experiment', 'experiments', 'path']]
+    fig = fig_demo_panel(runs=runs, data=faces, out_dir=tmp_path, release=False)
+    assert 'smoke/full' in fig._suptitle.get_text()
+
+
+def test_demo_offers_the_release_model_first(faces):
+    from twostage.demo import release_available
+    if not release_available(): pytest.skip('the release weights are not installed (twostage/assets/release128.*)')
+    demo = Demo(runs='/nonexistent', data=faces, release=True)
+    assert demo.w_ckpt.value == 'release' and demo.model is not None and demo.size == 128
+    assert demo.on_run() is not None

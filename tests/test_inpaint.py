@@ -125,5 +125,5 @@ def test_mismatched_checkpoint(ck, tmp_path, capsys):
               '--out', str(tmp_path / 'r.png'), '--experiment', 'full', '--profile', 'smoke'])
     assert e.value.code == 2 and 'another model configuration' in capsys.readouterr().err
     (tmp_path / 'junk.pt').write_bytes(b'junk')
-    with pytest.raises(ValueError, match='not a readable'):
+    with pytest.raises(ValueError, match='not a PyTorch file at all'):
         load_inpainter(tmp_path / 'junk.pt')

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse, statistics, sys, time
 import torch
 from .core import get_device
+from .cli import guard
+from .runtime import cpu_capability, native_bf16
 from .models.twostage import ModelCfg, PAPER_CFG, LITE_CFG, TINY_CFG, STAGES, build_model
 
 # %% auto #0
@@ -133,6 +135,9 @@ RECIPE_VARIANTS = {   # name -> deltas on the profile's full model: {'model': {.
     'fp32': {'train': {'precision': 'fp32', 'channels_last': False}},
     'l1_no_gan': {'loss': {'perceptual': 0., 'style': 0., 'adversarial': 0.}},   # L1 terms alone, no discriminator term
     'coarse_base_32': {'model': {'coarse_base': 32}},
+    'pullpush': {'model': {'coarse_prefill': 'pullpush'}},   # holes start from a pull-push fill, the U-Net predicts a residual
+    'adv_warmup': {'train': {'adv_warmup': 300}},            # no adversarial term in the first 300 steps
+    'pullpush_warmup': {'model': {'coarse_prefill': 'pullpush'}, 'train': {'adv_warmup': 300}},
 }
 
 def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l1_no_gan'), # keys of `RECIPE_VARIANTS`
@@ -195,6 +200,7 @@ def forward_table(configs=('PAPER', 'LITE'), # names in `PRESETS`
             if out: print(f"{c:6s} {s:4d}px stage={stage} batch={batch}: {sec * 1000:8.1f} ms/image", file=out, flush=True)
     return rows
 
+@guard('python -m twostage.bench')
 def main(argv=None):
     "Entry point: `python -m twostage.bench forward ...`."
     p = argparse.ArgumentParser(prog='python -m twostage.bench', description='twostage benchmarks')
@@ -228,7 +234,8 @@ def main(argv=None):
     r.add_argument('--csv', default=None, help='also write the rows to this CSV')
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {get_device(a.device)}")
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {get_device(a.device)}, "
+          f"CPU capability {cpu_capability()}, native bf16 {native_bf16()}")
     if a.cmd == 'forward':
         return forward_table(a.configs, a.sizes, a.stage, a.n, a.batch, a.channels_last, a.device)
     if a.cmd == 'train':

@@ -12,8 +12,8 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['to_m11', 'to_01', 'pil_to_tensor', 'tensor_to_pil', 'mask_to_tensor', 'check_batch', 'masked_input', 'composite',
-           'hole_ratio', 'seed_everything', 'get_device', 'repo_root', 'default_data_dir', 'data_dir', 'runs_dir',
-           'figures_dir', 'stable_hash', 'code_version', 'atomic_write', 'atomic_save']
+           'hole_ratio', 'UserError', 'seed_everything', 'get_device', 'check_device', 'repo_root', 'default_data_dir',
+           'data_dir', 'runs_dir', 'figures_dir', 'stable_hash', 'code_version', 'atomic_write', 'atomic_save']
 
 # %% ../nbs/00_core.ipynb #a89ee413
 def to_m11(x):
@@ -78,6 +78,10 @@ def hole_ratio(mask) -> torch.Tensor:
     "Fraction of hole pixels per mask: B x 1 x H x W -> B."
     return mask.flatten(1).float().mean(1)
 
+# %% ../nbs/00_core.ipynb #cc200a7d
+class UserError(Exception):
+    "A mistake in what the user asked for: shown as one or two lines, exit code 2, no traceback."
+
 # %% ../nbs/00_core.ipynb #1119d012
 def seed_everything(seed: int = 0, # seed for python, numpy and torch (all devices)
                     deterministic: bool = False, # also ask torch for deterministic kernels
@@ -92,6 +96,29 @@ def get_device(device=None) -> torch.device:
     device = device or os.environ.get('TWOSTAGE_DEVICE')
     if device: return torch.device(device)
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+def check_device(device: str | None, # 'cpu', 'cuda', 'cuda:1', 'mps', ...; None checks `TWOSTAGE_DEVICE` (if set)
+                ) -> None:
+    "Raise `UserError` when the requested device does not exist on this machine."
+    name = f"--device {device}"
+    if device is None:
+        device = os.environ.get('TWOSTAGE_DEVICE')
+        if not device: return
+        name = f"TWOSTAGE_DEVICE={device}"
+    try: d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"{name}: not a device name; use cpu, cuda, cuda:N or mps") from None
+    if d.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise UserError(f"{name}: this machine has no CUDA GPU (torch.cuda.is_available() is False); use --device cpu")
+        n = torch.cuda.device_count()
+        if d.index is not None and d.index >= n:
+            raise UserError(f"{name}: this machine has {n} CUDA GPU{'s' if n != 1 else ''} (cuda:0 to cuda:{n - 1}); "
+                            "pick one of them, or use --device cpu")
+    elif d.type == 'mps':
+        mps = getattr(torch.backends, 'mps', None)
+        if not (mps and mps.is_available()):
+            raise UserError(f"{name}: this machine has no MPS device (torch.backends.mps.is_available() is False); use --device cpu")
 
 # %% ../nbs/00_core.ipynb #ca310a35
 def repo_root(start=None) -> Path | None:

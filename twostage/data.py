@@ -5,7 +5,7 @@
 # %% ../nbs/01_data.ipynb #01abcfa6
 from __future__ import annotations
 import os, io, hashlib, warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
@@ -16,7 +16,8 @@ from .core import data_dir, to_m11, pil_to_tensor
 
 # %% auto #0
 __all__ = ['IMG_EXTS', 'SPLITS', 'UnreadableImage', 'to_rgb', 'load_image', 'square_resize', 'read_attrs', 'read_partition',
-           'index_faces', 'split_faces', 'glasses', 'FaceDataset', 'FaceData', 'load_faces', 'fig_faces']
+           'index_faces', 'split_faces', 'glasses', 'FaceDataset', 'FaceData', 'load_faces', 'keep_min_side',
+           'fig_faces']
 
 # %% ../nbs/01_data.ipynb #11b3a6ef
 IMG_EXTS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -211,9 +212,17 @@ class FaceDataset(torch.utils.data.Dataset):
             if j in self.bad: continue
             try: return j, self.read(j)
             except (UnreadableImage, OSError) as e:
-                self.bad.add(j)
+                self.bad.add(j); self._first_error = getattr(self, '_first_error', None) or str(e)
                 warnings.warn(f"skipping unreadable face {j} ({e}); serving the next readable one", stacklevel=3)
-        raise RuntimeError(f"none of the {n} images in this dataset is readable")
+        raise UnreadableImage(f"none of the {n} images this dataset reads from {self.folder()} is readable"
+                              + (f" (first problem: {self._first_error})" if getattr(self, '_first_error', None) else '')
+                              + ": check that the folder holds real image files")
+
+    def folder(self) -> str:
+        "The folder holding this dataset's files (their common parent)."
+        if not self.paths: return '(no files)'
+        try: return os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in self.paths])
+        except ValueError: return os.path.dirname(self.paths[0])   # different drives (Windows)
 
     @staticmethod
     def to_tensor(a: np.ndarray) -> torch.Tensor:
@@ -286,6 +295,20 @@ def load_faces(root=None,      # CelebA folder or any folder of images; default 
     df = index_faces(root)
     s = split_faces(df, seed=seed, val_frac=val_frac, test_frac=test_frac, follow_partition=follow_partition)
     return FaceData(Path(df.attrs['root']), size, seed, df, s['train'], s['val'], s['test'], glasses(s['test']))
+
+# %% ../nbs/01_data.ipynb #71daf041
+def keep_min_side(faces, min_side: int):
+    "The faces (every split) whose stored image is at least `min_side` pixels on its short side: no upsampled training faces."
+    from PIL import Image
+    def ok(p):
+        try:
+            with Image.open(p) as im: return min(im.size) >= min_side
+        except Exception: return True   # unreadable files are reported (and skipped) by the dataset
+    keep = {i for i, p in zip(faces.df['id'], faces.df['path']) if ok(p)}
+    if not keep: raise ValueError(f"no image in {faces.root} is {min_side} px or larger on its short side")
+    f = lambda df: df[df['id'].isin(keep)].reset_index(drop=True)
+    df = f(faces.df); df.attrs.update(faces.df.attrs, min_side=min_side)
+    return replace(faces, df=df, train=f(faces.train), val=f(faces.val), test=f(faces.test), glasses_test=f(faces.glasses_test))
 
 # %% ../nbs/01_data.ipynb #50db1cac
 def fig_faces(data,          # a `FaceData` (faces from its test split) or a DataFrame from `index_faces`

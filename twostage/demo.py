@@ -14,11 +14,11 @@ import matplotlib.pyplot as plt
 
 from .core import runs_dir, pil_to_tensor, tensor_to_pil, to_01, masked_input, atomic_write
 from . import masks as M
-from .inpaint import prepare, load_inpainter, _size_for
+from .inpaint import prepare, load_inpainter, _size_for, RELEASE
 
 # %% auto #0
-__all__ = ['MASK_KINDS', 'no_checkpoint_message', 'find_checkpoints', 'pick_face', 'make_mask', 'load_photo', 'run', 'fig_panel',
-           'save_result', 'measure_latency', 'Demo', 'fig_demo_panel']
+__all__ = ['MASK_KINDS', 'no_checkpoint_message', 'find_checkpoints', 'release_available', 'pick_face', 'make_mask', 'load_photo',
+           'run', 'fig_panel', 'save_result', 'measure_latency', 'Demo', 'fig_demo_panel']
 
 # %% ../nbs/20_demo.ipynb #36287195
 def no_checkpoint_message(runs=None) -> str:
@@ -40,14 +40,15 @@ def find_checkpoints(runs=None) -> pd.DataFrame:
         for p in sorted(root.glob(f'*/{st_dir}/*/last.pt')):
             done, tc = _read_json(p.parent / 'done.json'), _read_json(p.parent / 'train_cfg.json')
             exp = done.get('experiment', '?')
+            names = done.get('experiments') or [exp]   # a shared run records every experiment (and alias) it serves
             size = (tc.get('train') or {}).get('size')
             if size is None:   # no train_cfg.json beside it: ask the checkpoint (memory-mapped, cheap)
                 try: size = torch.load(p, map_location='cpu', weights_only=True, mmap=True).get('train_cfg', {}).get('size')
                 except Exception: size = None
-            rows.append({'experiment': exp, 'profile': p.parents[2].name, 'stage': stage, 'done': bool(done),
+            rows.append({'experiment': 'full' if 'full' in names else exp, 'experiments': ','.join(names), 'profile': p.parents[2].name, 'stage': stage, 'done': bool(done),
                          'steps': done.get('steps'), 'size': size, 'key': p.parent.name,
                          'path': str(p), 'mtime': p.stat().st_mtime})
-    cols = ['label', 'experiment', 'profile', 'stage', 'done', 'steps', 'size', 'key', 'path', 'mtime']
+    cols = ['label', 'experiment', 'experiments', 'profile', 'stage', 'done', 'steps', 'size', 'key', 'path', 'mtime']
     if not rows: return pd.DataFrame(columns=cols)
     df = pd.DataFrame(rows)
     df['label'] = [f"{r.profile}/{r.experiment} ({'two-stage' if r.stage == 'fine' else 'coarse only'}"
@@ -58,23 +59,31 @@ def find_checkpoints(runs=None) -> pd.DataFrame:
 # %% ../nbs/20_demo.ipynb #82f212ac
 _FACES = {}
 
-def _faces(data=None, seed: int = 0):
-    "The indexed face collection (cached per folder: indexing CelebA takes seconds)."
-    from twostage.data import load_faces, FaceData
+def _faces(data=None, seed: int = 0, release: bool = False):
+    "The indexed face collection (cached per folder); `release`: split as the release model was (its test faces are held out)."
+    from twostage.data import load_faces, FaceData, keep_min_side
     if isinstance(data, FaceData): return data
-    k = (str(data), seed)
-    if k not in _FACES: _FACES[k] = load_faces(data, seed=seed)
+    k = (str(data), seed, release)
+    if k not in _FACES:
+        _FACES[k] = (keep_min_side(load_faces(data, size=128, seed=seed, follow_partition=False), 128) if release
+                     else load_faces(data, seed=seed))
     return _FACES[k]
+
+def release_available() -> bool:
+    "True when the shipped release weights are installed."
+    from twostage.release import release_paths
+    return all(p.exists() for p in release_paths())
 
 def pick_face(split: str = 'test',  # 'train' | 'val' | 'test' | 'glasses_test'
               glasses=None,         # None: any face; True: only faces with eyeglasses; False: only without
               index: int = 0,       # which face of that subset (wraps around)
               size: int = 64,       # side in pixels (the checkpoint's training size)
               data=None,            # a FaceData, or a face folder (default: twostage.core.data_dir())
+              release: bool = False, # split the faces as the release model was trained (its test split is held out)
              ) -> tuple:
     "One face: (1 x 3 x size x size tensor in [-1, 1], info dict with id, path, eyeglasses, index, n)."
     from twostage.data import load_image, square_resize
-    fd = _faces(data)
+    fd = _faces(data, release=release)
     df = getattr(fd, split) if isinstance(split, str) and hasattr(fd, split) else None
     if df is None: raise ValueError(f"unknown split {split!r}; valid: train, val, test, glasses_test")
     if glasses is not None: df = df[df.eyeglasses == bool(glasses)]
@@ -107,13 +116,20 @@ MASK_KINDS = ['eyeband', 'rectangle'] + [k for k in M.FAMILIES if k not in ('eye
 
 def load_photo(photo,          # bytes of an image file, a path, or a PIL image (any size, any aspect)
                size: int = 64, # the model's side
+               name: str | None = None, # the uploaded file's name, for messages (bytes carry none)
               ) -> tuple:
     "An uploaded photo for the demo: (1 x 3 x size x size tensor, a sentence saying what was done to it)."
     from twostage.data import load_image, to_rgb, UnreadableImage
     if isinstance(photo, (bytes, bytearray, memoryview)):
+        label = f"the uploaded file {name}" if name else "the uploaded file"
+        buf = io.BytesIO(bytes(photo))
         try:
-            with Image.open(io.BytesIO(bytes(photo))) as im: im.load(); img = to_rgb(im)
-        except (OSError, SyntaxError, ValueError) as e: raise UnreadableImage(f"cannot read the uploaded file: {e}") from None
+            with Image.open(buf) as im: im.load(); img = to_rgb(im)
+        except Image.UnidentifiedImageError:
+            raise UnreadableImage(f"cannot read {label}: it is not an image Pillow can open "
+                                  f"(jpg, png, webp, bmp, ...; {len(bytes(photo))} bytes)") from None
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:   # truncated, corrupt, huge
+            raise UnreadableImage(f"cannot read {label}: {type(e).__name__}: {str(e).replace(repr(buf), name or 'upload')}") from None
     elif isinstance(photo, Image.Image): img = to_rgb(photo)
     else: img = load_image(photo)
     x, info = prepare(img, size)
@@ -210,13 +226,15 @@ class Demo:
                  data=None,                 # face folder or FaceData (default: twostage.core.data_dir())
                  device='cpu',              # where the model runs
                  save_dir=None,             # where `on_save` writes (default: runs/demo)
+                 release: bool = True,      # offer the shipped release weights first (when installed)
                 ):
         import ipywidgets as W
         self.runs, self.data, self.device = runs, data, device
         self.save_dir = Path(save_dir) if save_dir else runs_dir(runs) / 'demo'
         self.model = self.image = self.mask = self.result = None; self.size = 64; self.messages = []; self.image_note = ''
         self.ckpts = find_checkpoints(runs)
-        self.w_ckpt = W.Dropdown(options=list(zip(self.ckpts.label, self.ckpts.path)), description='checkpoint',
+        opts = ([('shipped release model (128 px, both stages)', RELEASE)] if release and release_available() else [])
+        self.w_ckpt = W.Dropdown(options=opts + list(zip(self.ckpts.label, self.ckpts.path)), description='checkpoint',
                                  layout=W.Layout(width='95%'))
         self.w_stage = W.ToggleButtons(options=['both', 'coarse'], description='stage')
         self.w_split = W.Dropdown(options=['test', 'val', 'train'], description='faces')
@@ -250,7 +268,8 @@ class Demo:
         self.size = _size_for(self.model); self.w_run.disabled = False
         note = ("this checkpoint finished stage 1 only (coarse)" if self.model.trained_stage == 'coarse' else '')
         self.on_face(); self.on_mask()
-        self.say(f"loaded {self.w_ckpt.label}: {self.size}x{self.size}, step {ck.get('step')}", note, self.image_note)
+        steps = ck['release']['card'].get('steps') if 'release' in ck else ck.get('step')
+        self.say(f"loaded {self.w_ckpt.label}: {self.size}x{self.size}, steps {steps}", note, self.image_note)
 
     def on_face(self, change=None):
         "Pick the face the controls describe."
@@ -266,10 +285,11 @@ class Demo:
         "Use the uploaded photo (centre-cropped and resized; the status says how)."
         v = self.w_upload.value
         if not v or self.model is None: return
-        f = v[0] if isinstance(v, (tuple, list)) else next(iter(v.values()))
-        try: self.image, note = load_photo(f['content'], self.size)
+        if isinstance(v, (tuple, list)): f = v[0]; name = f.get('name')           # ipywidgets 8: a tuple of dicts
+        else: name, f = next(iter(v.items()))                                     # ipywidgets 7: {name: {...}}
+        try: self.image, note = load_photo(f['content'], self.size, name=name)
         except ValueError as e: return self.say(str(e))
-        self.image_note = f"uploaded {f.get('name', 'photo')}: {note}"
+        self.image_note = f"uploaded {name or 'photo'}: {note}"
         self.say(self.image_note)
 
     def on_mask(self, change=None):
@@ -312,22 +332,26 @@ class Demo:
 # %% ../nbs/20_demo.ipynb #490b0532
 def fig_demo_panel(runs=None,          # runs folder (default: twostage.core.runs_dir())
                    data=None,          # face folder (default: the bundled CelebA faces)
-                   experiment: str = 'full', # preferred experiment
+                   experiment: str = 'full', # preferred experiment (when the release weights are not used)
+                   release: bool = True, # use the shipped release weights when installed
                    index: int = 0,     # which face with eyeglasses of the test split
                    kind: str = 'eyeband', seed: int = 0,
                    out_dir=None,       # figures folder (default: twostage.core.figures_dir())
                   ) -> plt.Figure:
     "The demo's output panel on a real face, saved to `figures/demo_panel.png`."
     from twostage.figures import save_figure
-    cks = find_checkpoints(runs)
-    if not len(cks): raise FileNotFoundError(no_checkpoint_message(runs))
-    pref = cks[(cks.experiment == experiment) & cks.done]
-    row = (pref if len(pref) else cks).iloc[0]
-    model, _ = load_inpainter(row.path, device='cpu')
+    rel = release and release_available()
+    if rel: model, _ = load_inpainter(RELEASE, device='cpu'); name = 'release model (128 px)'
+    else:
+        cks = find_checkpoints(runs)
+        if not len(cks): raise FileNotFoundError(no_checkpoint_message(runs))
+        pref = cks[cks.experiments.str.split(',').map(lambda n: experiment in n) & cks.done]
+        row = (pref if len(pref) else cks).iloc[0]
+        model, _ = load_inpainter(row.path, device='cpu'); name = f"{row.profile}/{row.experiment}"
     size = _size_for(model)
-    try: image, info = pick_face('test', True, index, size, data)
-    except ValueError: image, info = pick_face('test', None, index, size, data)   # folders without attributes
+    try: image, info = pick_face('test', True, index, size, data, release=rel)
+    except ValueError: image, info = pick_face('test', None, index, size, data, release=rel)   # folders without attributes
     res = run(model, image, make_mask(kind, size, seed))
-    fig = fig_panel(res, f"{row.profile}/{row.experiment}, face {info['id']}")
+    fig = fig_panel(res, f"{name}, held-out face {info['id']}")
     save_figure(fig, 'demo_panel', out_dir)
     return fig

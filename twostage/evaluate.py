@@ -4,23 +4,29 @@
 
 # %% ../nbs/13_evaluate.ipynb #e0e6c107
 from __future__ import annotations
-import json, time, warnings
+import json, sys, time, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
-from .core import get_device, code_version, atomic_write, runs_dir
+from .core import get_device, code_version, atomic_write, runs_dir, UserError, check_device
+from .data import index_faces, UnreadableImage, _list_images
 from .masks import write_eval_masks, load_eval_masks, bucket_of
 from .metrics import image_metrics, build_perceptual_metric
+from .inpaint import read_mask, crop_box, INVERTED_ABOVE
+from .cli import guard
 
 # %% auto #0
-__all__ = ['RESULT_COLUMNS', 'eval_faces', 'eval_masks', 'load_images', 'evaluate', 'summarise', 'model_fn', 'main']
+__all__ = ['RESULT_COLUMNS', 'MASK_POLARITY', 'ID_COLUMNS', 'eval_faces', 'eval_masks', 'load_images', 'border_contact',
+           'read_mask_folder', 'folder_faces', 'mask_source', 'pair_indices', 'evaluate', 'summarise', 'model_fn',
+           'eval_stage', 'main']
 
 # %% ../nbs/13_evaluate.ipynb #37ef051d
-RESULT_COLUMNS = ['experiment', 'config_hash', 'code_version', 'seed', 'split', 'family', 'bucket', 'subset',
-                  'metric', 'value', 'n']
+RESULT_COLUMNS = ['experiment', 'config_hash', 'code_version', 'seed', 'split', 'profile', 'stage', 'size',
+                  'family', 'bucket', 'subset', 'metric', 'value', 'n']
 
 def eval_faces(faces, n_test: int, n_glasses: int, seed: int = 0) -> dict:
     "The evaluation faces: {'all': n_test test faces, 'eyeglasses': n_glasses test faces with glasses}, seeded draws."
@@ -42,44 +48,191 @@ def load_images(df, size: int) -> torch.Tensor:
     "Faces of a DataFrame as one N x 3 x size x size tensor in [-1, 1]."
     from twostage.data import FaceDataset
     ds = FaceDataset(df, size)
-    return torch.stack([ds[i]['image'] for i in range(len(ds))]) if len(ds) else torch.zeros(0, 3, size, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')     # one warning per bad file would bury the summary below
+        ims = [ds[i]['image'] for i in range(len(ds))]   # all unreadable: UnreadableImage naming the folder
+    if ds.n_bad:
+        warnings.warn(f"{ds.n_bad} of {len(ds)} evaluation faces are unreadable and were replaced by the next readable "
+                      f"face (first: {ds.paths[min(ds.bad)]})", stacklevel=2)
+    return torch.stack(ims) if ims else torch.zeros(0, 3, size, size)
+
+# %% ../nbs/13_evaluate.ipynb #c4a9f3b1
+MASK_POLARITY = {'check': None, 'auto': 'auto', 'white-hole': False, 'black-hole': True}   # --mask-polarity -> `invert`
+
+def border_contact(mask, # H x W, 1 / True = hole
+                  ) -> bool:
+    "Whether the hole touches the image border: a hole pixel in the outermost rows or columns."
+    m = np.asarray(mask) > 0.5
+    return bool(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any())
+
+def _mask_files(folder: Path) -> list:
+    "[(path, family)] of the images under `folder`, sorted; where some names in a folder contain 'mask', only those."
+    by = {}
+    for f in _list_images(folder, recursive=True):
+        by.setdefault(f.parent.relative_to(folder).as_posix() if f.parent != folder else 'folder', []).append(f)
+    out = []
+    for fam, fs in by.items():
+        ms = [f for f in fs if 'mask' in f.stem.lower()]
+        out += [(f, fam) for f in (ms or fs)]
+    return out
+
+def _read_stored(path: Path, size: int) -> np.ndarray:
+    "One mask file as size x size bool, True = white / 1 / transparent (as stored): centre square, nearest neighbour."
+    try:
+        with Image.open(path) as im: im.load(); img = im.copy()
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"{type(e).__name__}: {e}") from None
+    m, _ = read_mask(img, img.size, invert=False)
+    l, t, r, b = crop_box(*img.size); m = m[t:b, l:r]
+    if m.shape != (size, size): m = np.asarray(Image.fromarray(m).resize((size, size), Image.Resampling.NEAREST))
+    return m
+
+def read_mask_folder(folder,                  # any folder of mask images (recursive; each subfolder is a family)
+                     size: int,               # side S: each mask is centre-cropped square and resized with nearest neighbour
+                     invert=None,             # None: refuse masks that look inverted; True: black = hole; False: as stored; 'auto'
+                     limit: int | None = None, # at most this many masks per family, evenly spaced over the sorted files
+                    ) -> tuple:
+    "(manifest, N x 1 x S x S bool masks, True = hole) of a folder; unreadable files skipped and counted."
+    folder = Path(folder)
+    if not folder.is_dir(): raise FileNotFoundError(f"mask folder not found: {folder}")
+    if invert not in (None, True, False, 'auto'): raise ValueError(f"invert must be None, True, False or 'auto', got {invert!r}")
+    files = _mask_files(folder)
+    if not files: raise FileNotFoundError(f"no mask images (png/jpg/jpeg/webp/bmp) in {folder}")
+    if limit:
+        fams = pd.Series([f for _, f in files])
+        keep = [i for _, ix in fams.groupby(fams, sort=False).indices.items() for i in ix[(np.arange(min(limit, len(ix))) * len(ix)) // min(limit, len(ix))]]
+        files = [files[i] for i in sorted(keep)]
+    rows, ms, bad = [], [], []
+    for f, fam in files:
+        rel = f.relative_to(folder).as_posix()
+        try: ms.append(_read_stored(f, size))
+        except (ValueError, OSError) as e: bad.append(f"{rel}: {e}"); continue
+        rows.append({'file': rel, 'family': fam})
+    if not ms: raise UnreadableImage(f"none of the {len(files)} mask files in {folder} is readable (first: {bad[0]})")
+    m, man = np.stack(ms), pd.DataFrame(rows)
+    r = m.reshape(len(m), -1).mean(1)
+    looks = lambda r: (r > INVERTED_ABOVE) & (r < 1)
+    inv, notes = np.full(len(m), invert is True), []
+    if invert is None and looks(r).any():
+        k = np.flatnonzero(looks(r))
+        raise ValueError(f"{len(k)} of {len(m)} masks in {folder} are more than {INVERTED_ABOVE:.0%} hole and look inverted "
+                         f"(first: {man.file[k[0]]}, {r[k[0]]:.0%} hole; twostage reads white/255/1 = hole). If black = hole "
+                         "in this set, pass invert=True (--mask-polarity black-hole); invert=False (white-hole) uses them "
+                         "as stored; invert='auto' (auto) decides per family and per mask")
+    if invert == 'auto':
+        for fam, ix in man.groupby('family', sort=False).indices.items():
+            if np.median(r[ix]) > 0.5:
+                inv[ix] = True; notes.append(f"family {fam!r}: median hole {np.median(r[ix]):.0%} as stored, so black = hole: inverted its {len(ix)} masks")
+        one = looks(np.where(inv, 1 - r, r))
+        if one.any():
+            inv ^= one; notes.append(f"{one.sum()} masks looked inverted (over {INVERTED_ABOVE:.0%} hole): inverted them "
+                                     f"(first: {man.file[np.flatnonzero(one)[0]]})")
+    m[inv] = ~m[inv]
+    r = m.reshape(len(m), -1).mean(1)
+    man = man.assign(hole_ratio=r.round(6), bucket=[bucket_of(x) for x in r], border=[border_contact(x) for x in m],
+                     inverted=inv, size=size)
+    if bad:
+        notes.append(f"skipped {len(bad)} of {len(files)} mask files that could not be read (first: {bad[0]})")
+        warnings.warn(notes[-1], stacklevel=2)
+    man.attrs.update(folder=str(folder), n_files=len(files), n_skipped=len(bad), first_skipped=bad[0] if bad else None, notes=notes)
+    return man, torch.from_numpy(m)[:, None]
+
+def folder_faces(folder,                    # any folder of face images (CelebA, CelebA-HQ, FFHQ, your own)
+                 n_faces: int | None = None, # keep the first n (sorted by id = relative path); None: all
+                ) -> pd.DataFrame:
+    "The faces of a folder: CelebA's test partition when it has list_eval_partition.txt, else all its images."
+    df = index_faces(folder)
+    test = df[df.partition == 2]
+    split = 'test' if len(test) else 'all'
+    df = (test if len(test) else df).reset_index(drop=True)
+    if n_faces: df = df.head(n_faces)
+    df.attrs.update(split=split, root=str(Path(folder).resolve()))
+    return df
+
+def mask_source(masks) -> str:
+    "What --masks names: 'saved' (a saved set), 'folder' (a folder of mask images) or 'build' (where the profile's set is built)."
+    if not masks: return 'build'
+    d = Path(masks)
+    if (d / 'manifest.csv').exists(): return 'saved'
+    if d.is_file(): raise UserError(f"--masks {d} is a file; give a folder of mask images or a saved mask set")
+    if d.is_dir() and not any(d.glob('*/manifest.csv')) and _list_images(d, recursive=True): return 'folder'
+    return 'build'   # missing, empty, or a folder of saved sets (runs/)
 
 # %% ../nbs/13_evaluate.ipynb #04e55234
+def pair_indices(n_faces: int, # faces in the subset (F)
+                 n_masks: int, # masks in the family (M)
+                 limit: int | None = None, # keep at most this many pairs, evenly spaced over k
+                ) -> tuple:
+    "(face indices, mask indices): pair k = (k mod F, k mod M) for k < max(F, M)."
+    n = max(n_faces, n_masks) if n_faces and n_masks else 0
+    k = np.arange(n) if not limit or limit >= n else (np.arange(limit) * n) // limit
+    return (k % n_faces, k % n_masks) if n else (k, k)
+
+ID_COLUMNS = ('subset', 'family', 'index', 'hole_ratio', 'bucket', 'mask', 'border')   # per-image columns that are not metrics
+
 @torch.no_grad()
 def evaluate(fn,                    # fn(image B x 3 x H x W, mask B x 1 x H x W) -> composited B x 3 x H x W, all in [-1, 1]
              images: dict,          # subset -> N x 3 x H x W faces (from `load_images`)
-             masks_dir,             # a saved evaluation mask set
-             families,              # which mask families of the set to use
+             masks,                 # a saved evaluation mask set (folder), or (manifest, masks) from `read_mask_folder`
+             families=None,         # which mask families to use (default: all of the set, in its order)
              perceptual=None,       # a perceptual metric (twostage.metrics.build_perceptual_metric) or None
              batch_size: int = 50,
              progress: bool = False,
+             limit: int | None = None, # at most this many (face, mask) pairs per subset and family (see `pair_indices`)
             ) -> pd.DataFrame:
     "Per-image metrics of `fn` on every (subset, family) pair of the protocol."
-    man, allm = load_eval_masks(masks_dir)
+    folder = isinstance(masks, (tuple, list))
+    man, allm = masks if folder else load_eval_masks(masks)
+    where = man.attrs.get('folder', 'the mask folder') if folder else masks
+    families = list(dict.fromkeys(man.family)) if families is None else list(families)
     rows = []
     jobs = [(s, f) for s in images for f in families]
     for subset, fam in tqdm(jobs, disable=not progress, desc='evaluate', leave=False):
-        ims = images[subset]; sel = np.flatnonzero(man.family.values == fam)[:len(ims)]
-        if len(sel) < len(ims): raise ValueError(f"mask set {masks_dir} has {len(sel)} '{fam}' masks for {len(ims)} faces")
-        for b in range(0, len(ims), batch_size):
-            image, mask = ims[b:b + batch_size], allm[sel[b:b + batch_size]].float()
+        ims = images[subset]; sel = np.flatnonzero(man.family.values == fam)
+        if len(ims) and len(allm) and allm.shape[-1] != ims.shape[-1]:
+            raise ValueError(f"the masks of {where} are {allm.shape[-1]} px but the faces are {ims.shape[-1]} px")
+        if folder:
+            if not len(sel): raise ValueError(f"{where} has no '{fam}' masks")
+            fi, mi = pair_indices(len(ims), len(sel), limit)
+        else:
+            if len(sel) < len(ims): raise ValueError(f"mask set {masks} has {len(sel)} '{fam}' masks for {len(ims)} faces")
+            fi, mi = pair_indices(len(ims), len(ims), limit)
+        mi = sel[mi]
+        for b in range(0, len(fi), batch_size):
+            f, k = fi[b:b + batch_size], mi[b:b + batch_size]
+            image, mask = ims[torch.as_tensor(f)], allm[torch.as_tensor(k)].float()
             out = fn(image, mask).float().clamp(-1, 1)
             met = image_metrics(out, image, mask, perceptual)
-            ratios = mask.flatten(1).mean(1).numpy()
+            ratios = mask.flatten(1).double().mean(1).numpy()   # float64: a hole of exactly 10 % stays in '0-10%'
             for j in range(len(image)):
-                rows.append({'subset': subset, 'family': fam, 'index': b + j, 'hole_ratio': float(ratios[j]),
-                             'bucket': bucket_of(float(ratios[j])), **{k: float(v[j]) for k, v in met.items()}})
-    return pd.DataFrame(rows)
+                row = {'subset': subset, 'family': fam, 'index': int(f[j]), 'hole_ratio': float(ratios[j]),
+                       'bucket': bucket_of(float(ratios[j]))}
+                if folder: row.update(mask=man.file.iat[k[j]], border=bool(man.border.iat[k[j]]) if 'border' in man else border_contact(mask[j, 0]))
+                rows.append({**row, **{m: float(v[j]) for m, v in met.items()}})
+    df = pd.DataFrame(rows)
+    sides = {int(v.shape[-1]) for v in images.values() if len(v)}
+    df.attrs.update(size=sides.pop() if len(sides) == 1 else None, stage=getattr(fn, 'stage', None))
+    return df
 
-def summarise(per_image: pd.DataFrame, experiment: str, config_hash: str = '', seed: int = 0,
-              split: str = 'test') -> pd.DataFrame:
+def summarise(per_image: pd.DataFrame, # from `evaluate`
+              experiment: str, config_hash: str = '', seed: int = 0, split: str = 'test',
+              stage: str | None = None,   # the evaluated stage, 'coarse' | 'both' (default: as `evaluate` noted it, else '')
+              size: int | None = None,    # evaluation side in pixels (default: as `evaluate` noted it)
+              profile: str = '',          # the profile whose protocol this is
+             ) -> pd.DataFrame:
     "Long-format results: mean and count per (family, bucket, subset, metric); bucket 'all' pools hole sizes."
-    metrics = [c for c in per_image.columns if c not in ('subset', 'family', 'index', 'hole_ratio', 'bucket')]
+    stage = stage if stage is not None else (per_image.attrs.get('stage') or '')
+    size = size if size is not None else per_image.attrs.get('size')
+    metrics = [c for c in per_image.columns if c not in ID_COLUMNS]
+    if 'border' in per_image.columns:   # a mask folder: also '<family>/border' and '<family>/no_border'
+        side = np.where(per_image.border.astype(bool), '/border', '/no_border')
+        per_image = pd.concat([per_image, per_image.assign(family=per_image.family + side)], ignore_index=True)
     long = per_image.melt(id_vars=['subset', 'family', 'bucket'], value_vars=metrics, var_name='metric')
     pooled = long.assign(bucket='all')
     g = pd.concat([long, pooled]).groupby(['family', 'bucket', 'subset', 'metric'])['value']
     res = g.agg(value=lambda v: float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else float('nan'),
                 n='size').reset_index()
+    res.insert(0, 'size', pd.array([size] * len(res), dtype='Int64')); res.insert(0, 'stage', stage); res.insert(0, 'profile', profile)
     res.insert(0, 'split', split); res.insert(0, 'seed', seed); res.insert(0, 'code_version', code_version())
     res.insert(0, 'config_hash', config_hash); res.insert(0, 'experiment', experiment)
     return res[RESULT_COLUMNS]
@@ -89,34 +242,111 @@ def model_fn(model, stage: str = 'both', device=None):
     dev = get_device(device); model = model.to(dev).eval()
     def fn(image, mask):
         return model(image.to(dev), mask.to(dev), stage=stage)['out'].cpu()
+    fn.stage = stage   # `evaluate` records it, `summarise` writes it in every row
     return fn
 
 # %% ../nbs/13_evaluate.ipynb #7fa27953
+def eval_stage(trained: str,   # the checkpoint's 'stage': 'coarse' (stage 1 only) | 'fine' | 'joint'
+               requested: str, # --stage: 'auto' | 'both' | 'coarse'
+              ) -> tuple:
+    "The stage to evaluate and a note (or None): a stage-1 checkpoint is 'coarse'; asking it for 'both' is a `UserError`."
+    if requested not in ('auto', 'both', 'coarse'): raise ValueError(f"stage must be 'auto', 'both' or 'coarse', got {requested!r}")
+    stage1_only = trained == 'coarse'
+    if requested == 'auto':
+        return ('coarse', "this checkpoint finished stage 1 only (its fine network is untrained): evaluating --stage coarse") \
+               if stage1_only else ('both', None)
+    if requested == 'both' and stage1_only:
+        raise UserError("--stage both: this checkpoint finished stage 1 only, so its stage 2 (fine network) is untrained "
+                        "and its output would be meaningless; use --stage coarse (or the default --stage auto)")
+    return requested, None
+
+def _check_new_file(path: Path, overwrite: bool, flag: str = '--out'):
+    "Refuse to write onto a folder, or onto an existing file unless `overwrite`."
+    if path.is_dir(): raise UserError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'results.csv'}")
+    if path.exists() and not overwrite:
+        raise UserError(f"{flag} {path} already exists; pass --overwrite to replace it, or choose another file name")
+
+def _note(msg: str): print(f"twostage-eval: note: {msg}", file=sys.stderr)
+
+@guard('twostage-eval')
 def main(argv=None):
     "Console entry point: `twostage-eval`."
     import argparse
-    from twostage.train import load_model
     from twostage.experiments import get_profile
-    p = argparse.ArgumentParser(prog='twostage-eval', description='Evaluate a checkpoint under a fixed protocol.')
-    p.add_argument('--checkpoint', required=True)
-    p.add_argument('--profile', default='cpu', help='protocol (faces, families, counts) of this profile')
-    p.add_argument('--data', help='faces (default: $TWOSTAGE_DATA or the bundled faces)')
-    p.add_argument('--masks', help="a saved evaluation mask set (a folder with manifest.csv); otherwise the profile's set is built in this folder (default: runs/)")
-    p.add_argument('--stage', default='both', choices=['both', 'coarse'])
-    p.add_argument('--out', default='results.csv')
-    p.add_argument('--device')
-    a = p.parse_args(argv)
-    prof = get_profile(a.profile)
-    model, ck = load_model(a.checkpoint, device=a.device)
-    size = ck['train_cfg']['size']
-    faces = prof.faces(a.data)
-    sets = {k: load_images(v, size) for k, v in eval_faces(faces, prof.n_test, prof.n_glasses).items()}
-    if a.masks and (Path(a.masks) / 'manifest.csv').exists(): md = Path(a.masks)   # a saved set, used as is
-    else: md = eval_masks(size, prof.families, max(prof.n_test, prof.n_glasses), root=a.masks)  # built on first use
-    fams = [f for f in prof.families if f in set(pd.read_csv(Path(md) / 'manifest.csv').family)]
-    per = evaluate(model_fn(model, a.stage, a.device), sets, md, fams, build_perceptual_metric(), prof.eval_batch, progress=True)
+    from twostage.inpaint import load_inpainter
     from twostage.core import stable_hash
-    res = summarise(per, Path(a.checkpoint).parent.name, stable_hash(ck['model_cfg']))
-    atomic_write(a.out, lambda p: res.to_csv(p, index=False))
+    p = argparse.ArgumentParser(prog='twostage-eval', description='Evaluate a checkpoint under a fixed protocol.')
+    p.add_argument('--checkpoint', required=True, help='last.pt / best.pt written by twostage-train')
+    p.add_argument('--profile', default='cpu', help='protocol (faces, families, counts) of this profile')
+    p.add_argument('--data', help="faces whose test split the profile draws from (default: $TWOSTAGE_DATA or the bundled faces)")
+    p.add_argument('--faces', help="any folder of face images (CelebA-HQ, FFHQ, your own; searched recursively) instead of "
+                   "the profile's test faces: ALL its images, sorted by name, unless --n-faces limits them (a CelebA folder "
+                   "with list_eval_partition.txt: its test partition)")
+    p.add_argument('--n-faces', type=int, help='keep only the first N faces (of --faces, or of each profile subset)')
+    p.add_argument('--masks', help="a saved evaluation mask set (a folder with manifest.csv), used as is; or any folder of "
+                   "mask images (e.g. NVIDIA's irregular test masks, LaMa's thin/medium/thick subfolders), every mask resized "
+                   "with nearest neighbour, results per hole-area bucket, family = subfolder ('folder' if flat) and "
+                   "<family>/border, <family>/no_border; otherwise the profile's set is built in this folder (default: runs/)")
+    p.add_argument('--mask-polarity', default='check', choices=list(MASK_POLARITY),
+                   help="for a mask folder: check (default): white/255/1 = hole, refuse masks that look inverted (over 90%% "
+                   "hole); auto: invert a family whose median hole is over 50%%, and any mask over 90%%; white-hole: as "
+                   "stored; black-hole: invert every mask")
+    p.add_argument('--size', type=int, help="evaluation side in pixels (default: the checkpoint's training size); faces: "
+                   "centre crop + bicubic resize, masks: centre crop + nearest neighbour")
+    p.add_argument('--limit', type=int, help='at most N (face, mask) pairs per mask family, evenly spaced (quick runs)')
+    p.add_argument('--stage', default='auto', choices=['auto', 'both', 'coarse'],
+                   help="auto (default): 'coarse' for a stage-1 checkpoint, else 'both'; both: the final output; coarse: the stage-1 output")
+    p.add_argument('--out', default='results.csv', help='results CSV (long format); an existing file needs --overwrite')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing --out file')
+    p.add_argument('--device', help='cpu, cuda, ... (default: cuda when present)')
+    p.add_argument('--debug', action='store_true', help='show the full traceback on errors')
+    a = p.parse_args(argv)
+    check_device(a.device)
+    out = Path(a.out); _check_new_file(out, a.overwrite)
+    for flag, v in (('--n-faces', a.n_faces), ('--size', a.size), ('--limit', a.limit)):
+        if v is not None and v < 1: raise UserError(f"{flag} must be a positive number, got {v}")
+    if a.faces and a.data: raise UserError("give --faces (any folder, all its faces) or --data (the profile's test split), not both")
+    src = mask_source(a.masks)
+    prof = get_profile(a.profile)
+    model, ck = load_inpainter(a.checkpoint, device=a.device)
+    stage, note = eval_stage(ck.get('stage', 'fine'), a.stage)
+    if note: _note(note)
+    size, k = a.size or model.train_size, getattr(model, 'multiple', 1)
+    if size % k: raise UserError(f"--size {size}: this model needs a multiple of {k}, e.g. {-(-size // k) * k}")
+    if a.faces:
+        df = folder_faces(a.faces, a.n_faces); picks, split = {'all': df}, df.attrs['split']
+        _note(f"faces: {len(df)} from {df.attrs['root']} ({'its test partition' if split == 'test' else 'every image of the folder'}"
+              f"{', the first ' + str(a.n_faces) if a.n_faces else ''})")
+    else:
+        faces = prof.faces(a.data)
+        picks, split = eval_faces(faces, prof.n_test, prof.n_glasses), 'test'
+        if not len(picks['all']):
+            raise UserError(f"{faces.root}: none of its {len(faces.df)} images falls in the test split; "
+                            "evaluation needs a larger folder of faces (a few dozen at least)")
+        if a.n_faces: picks = {s: v.head(a.n_faces) for s, v in picks.items()}
+    sets = {s: load_images(v, size) for s, v in picks.items()}
+    if src == 'folder':
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')    # the same notes are printed below, once
+            man, m = read_mask_folder(a.masks, size, MASK_POLARITY[a.mask_polarity], limit=a.limit)
+        for n in man.attrs['notes']: _note(n)
+        masks, fams = (man, m), list(dict.fromkeys(man.family))
+        _note(f"masks: {len(man)} from {a.masks} at {size} px, families {', '.join(fams)}")
+    else:
+        masks = Path(a.masks) if src == 'saved' else eval_masks(size, prof.families, max(prof.n_test, prof.n_glasses), root=a.masks)
+        have = list(dict.fromkeys(pd.read_csv(masks / 'manifest.csv', dtype={'family': str}).family))
+        fams = [f for f in prof.families if f in have]
+        if not fams and src == 'saved':   # a set made for another protocol: all of its families
+            fams = have; _note(f"{masks} holds none of profile {prof.name}'s families; evaluating its own: {', '.join(have)}")
+    per = evaluate(model_fn(model, stage, a.device), sets, masks, fams, build_perceptual_metric(), prof.eval_batch,
+                   progress=True, limit=a.limit)
+    res = summarise(per, Path(a.checkpoint).resolve().parent.name, stable_hash(ck['model_cfg']), split=split, stage=stage,
+                    size=size, profile=prof.name)
+    atomic_write(out, lambda p: res.to_csv(p, index=False))
     tab = res[res.bucket == 'all'].pivot_table(index=['subset', 'family'], columns='metric', values='value')
-    print(tab.round(4).to_string()); print(f"wrote {a.out}")
+    print(tab.round(4).to_string())
+    if src == 'folder':
+        byb = res[res.subset == 'all'].pivot_table(index=['family', 'bucket'], columns='metric', values='value')
+        print(byb.round(4).to_string())
+    print(f"wrote {out} (stage {stage}, {size} px, profile {prof.name})")
+    return 0

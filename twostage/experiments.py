@@ -13,12 +13,17 @@ import torch
 from .core import stable_hash, runs_dir, data_dir, atomic_write
 from .models.twostage import ModelCfg, PAPER_CFG, LITE_CFG, TINY_CFG
 from .losses import LossCfg
-from .train import TrainCfg, train_stages, Trainer, STAGE2_FIELDS
+from .train import TrainCfg, train_stages, Trainer, STAGE2_FIELDS, resolve_precision
+from .runtime import data_fingerprint
+from .data import keep_min_side
+from .cli import guard
+from .core import UserError
+from .train import maybe_init_distributed
 
 # %% auto #0
 __all__ = ['FULL', 'FULL_LOSS', 'TABLE6_ROWS', 'TABLE6', 'STAGE1', 'EXPERIMENTS', 'SIZE_FIELDS', 'SMOKE_SIZES', 'CPU_CFG',
-           'PROFILES', 'Experiment', 'get_experiment', 'Profile', 'get_profile', 'stage_keys', 'data_id',
-           'train_experiment']
+           'RELEASE_CFG', 'PROFILES', 'Experiment', 'get_experiment', 'Profile', 'get_profile', 'stage_keys', 'data_id',
+           'plan_experiment', 'train_experiment', 'main']
 
 # %% ../nbs/15_experiments.ipynb #a9c4c1c9
 FULL = PAPER_CFG
@@ -91,6 +96,7 @@ class Profile:
     follow_partition: bool = False  # True: CelebA's official partition; False: hash split (see twostage.data)
     vgg_layers: tuple | None = None # VGG16 layers of the perceptual/style terms (None: the experiment's LossCfg)
     recipe_fields: tuple = ()       # further ModelCfg fields this profile takes from `sizes` (no row may ablate them)
+    min_side: int = 0               # keep only faces whose stored image is at least this many pixels on its short side
 
     def model_cfg(self, exp: Experiment) -> ModelCfg:
         "The experiment's module switches at this profile's sizes (and recipe fields)."
@@ -100,7 +106,8 @@ class Profile:
     def faces(self, data=None):
         "The faces of this profile: indexed, split, at its training size."
         from twostage.data import load_faces
-        return load_faces(data, size=self.train.size, seed=self.train.seed, follow_partition=self.follow_partition)
+        faces = load_faces(data, size=self.train.size, seed=self.train.seed, follow_partition=self.follow_partition)
+        return keep_min_side(faces, self.min_side) if self.min_side else faces
     def loss_cfg(self, exp: Experiment) -> LossCfg:
         "The experiment's loss, with this profile's VGG layers (a cost choice of the CPU profiles)."
         return exp.loss if self.vgg_layers is None else replace(exp.loss, vgg_layers=self.vgg_layers)
@@ -110,18 +117,23 @@ class Profile:
 
 SMOKE_SIZES = TINY_CFG
 CPU_CFG = replace(LITE_CFG, coarse_norm='none', fine_residual=True)   # the cpu profile's sizes and recipe
+RELEASE_CFG = CPU_CFG   # the release model: the cpu recipe (a pull-push start, `coarse_prefill`, measured worse at 600 steps)
 PROFILES = {
     'smoke': Profile('smoke', SMOKE_SIZES, TrainCfg(size=32, batch_size=2, steps_coarse=2, steps_fine=2, log_every=1,
                      sample_every=0, ckpt_every=2, val_every=2, n_val=2), n_test=4, n_glasses=2,
                      families=('medium', 'eyeband'), eval_batch=4, peers=('telea', 'mean_fill'), vgg_layers=('pool1',)),
     'cpu': Profile('cpu', CPU_CFG, TrainCfg(size=64, batch_size=8, steps_coarse=10_000, steps_fine=1000, lr_g=1e-3,
-                   lr_schedule='cosine', precision='bf16', channels_last=True, sample_every=1000, ckpt_every=250,
+                   lr_schedule='cosine', precision='auto', channels_last=True, sample_every=1000, ckpt_every=250,
                    val_every=250, log_every=10), stage1_steps=1200, n_test=120, n_glasses=50,
                    families=('thin', 'medium', 'thick', 'freeform', 'center', 'eyeband'), vgg_layers=('pool1',),
                    recipe_fields=('coarse_norm', 'fine_residual')),
     'gpu': Profile('gpu', PAPER_CFG, TrainCfg(size=256, batch_size=8, steps_coarse=100_000, steps_fine=100_000,
-                   precision='bf16', channels_last=True, num_workers=8, sample_every=2000, ckpt_every=2000,
+                   precision='auto', channels_last=True, num_workers=8, sample_every=2000, ckpt_every=2000,
                    val_every=2000, log_every=50), n_test=2000, n_glasses=500, eval_batch=32, follow_partition=True),
+    'release': Profile('release', RELEASE_CFG, TrainCfg(size=128, batch_size=8, steps_coarse=3000, steps_fine=1000, lr_g=1e-3,
+                       lr_schedule='cosine', precision='auto', channels_last=True, sample_every=500, ckpt_every=250,
+                       val_every=250, log_every=10, adv_warmup=500), n_test=100, n_glasses=40,
+                       vgg_layers=('pool1',), recipe_fields=('coarse_norm', 'fine_residual'), min_side=128),
 }
 
 def get_profile(name: str) -> Profile:
@@ -132,36 +144,105 @@ def get_profile(name: str) -> Profile:
 # %% ../nbs/15_experiments.ipynb #03bd750f
 def stage_keys(mcfg: ModelCfg, lcfg: LossCfg, tcfg: TrainCfg, data_id: str) -> dict:
     "The cache keys of both stages of a run."
-    m = mcfg.to_dict(); t = tcfg.to_dict()
+    m = mcfg.key_dict(); t = tcfg.key_dict()
     s1 = {k: v for k, v in m.items() if k not in STAGE2_FIELDS}
     t1 = {k: v for k, v in t.items() if k not in ('steps_fine', 'steps_joint')}
     k1 = stable_hash(['stage1', s1, lcfg.to_dict(), t1, data_id])
     k2 = stable_hash(['stage2', k1, {k: m[k] for k in STAGE2_FIELDS if k in m}, t['steps_fine'], t['steps_joint']])
     return {'coarse': k1, 'fine': k2}
 
-def data_id(root, profile: Profile | None = None) -> str:
-    "What identifies the training data in a cache key: its resolved location and the split rule."
-    return f"{Path(data_dir(root)).resolve()}|partition={getattr(profile, 'follow_partition', True)}"
+def data_id(faces, profile: Profile | None = None) -> str:
+    "What identifies the training data in a cache key: location, file count and names hash (`data_fingerprint`), split rule."
+    fp = data_fingerprint(faces.df['path'], faces.root)
+    ms = faces.df.attrs.get('min_side', 0)
+    return (f"{fp['root']}|n={fp['n_files']}|names={fp['names_sha256']}|partition={getattr(profile, 'follow_partition', True)}"
+            + (f"|min_side={ms}" if ms else ''))
 
+
+def plan_experiment(exp: Experiment, profile: Profile, faces, runs=None, device=None, log=print) -> dict:
+    "Stage -> (run folder, steps still to train, key) of an experiment, with the precision resolved for this machine."
+    mcfg, lcfg = profile.model_cfg(exp), profile.loss_cfg(exp)
+    tcfg, _ = resolve_precision(profile.train_cfg(exp), mcfg, device, log=log)
+    keys = stage_keys(mcfg, lcfg, tcfg, data_id(faces, profile))
+    root, plan = runs_dir(runs) / profile.name, {}
+    for st in exp.stages:
+        out = root / ('stage1' if st == 'coarse' else 'stage2') / keys[st]
+        done = 0
+        if (out / 'done.json').exists():
+            try: done = int(json.loads((out / 'done.json').read_text()).get('steps', 0))
+            except (ValueError, OSError): done = 0
+        plan[st] = (out, max(tcfg.steps(st) - done, 0), keys[st])
+    return plan
 
 def train_experiment(exp: Experiment, profile: Profile, data=None, runs=None, device=None, resume=True,
-                     faces=None, progress=True) -> dict:
+                     faces=None, progress=True, on_step=None) -> dict:
     "Train (or find in the cache) every stage of an experiment; returns {stage: checkpoint path}."
-    mcfg, lcfg, tcfg = profile.model_cfg(exp), profile.loss_cfg(exp), profile.train_cfg(exp)
+    mcfg, lcfg = profile.model_cfg(exp), profile.loss_cfg(exp)
+    tcfg, choice = resolve_precision(profile.train_cfg(exp), mcfg, device, log=print if progress else None)
     faces = faces or profile.faces(data)
-    keys = stage_keys(mcfg, lcfg, tcfg, data_id(data, profile))
+    did = data_id(faces, profile)
+    keys = stage_keys(mcfg, lcfg, tcfg, did)
     train_ds = faces.dataset('train', cache=True)
     root = runs_dir(runs) / profile.name
     ckpts, init = {}, None
     for st in exp.stages:
         out = root / ('stage1' if st == 'coarse' else 'stage2') / keys[st]
         t = Trainer(mcfg, lcfg, tcfg, train_ds, out, stage=st, init=init,
-                    val_dataset=faces.dataset('val'), device=device, progress=progress)
+                    val_dataset=faces.dataset('val'), device=device, progress=progress, on_step=on_step,
+                    data_info={'id': did})
         init = ckpts[st] = t.fit(resume=resume)
         if t.rank == 0:   # a stage-1 run is shared by several experiments: keep all their names
             old = json.loads((out / 'done.json').read_text()) if (out / 'done.json').exists() else {}
-            names = sorted(set(old.get('experiments', [])) | {exp.name})
+            alias = {a for a, e in EXPERIMENTS.items() if e is exp and a != exp.name}   # e.g. 'full' for t6_row9
+            names = sorted(set(old.get('experiments', [])) | {exp.name} | alias)
             atomic_write(out / 'done.json', lambda p: Path(p).write_text(json.dumps(
                 {'experiment': names[0] if len(names) == 1 else 'shared by ' + ', '.join(names),
-                 'experiments': names, 'stage': st, 'key': keys[st], 'steps': t.step}, indent=1)))
+                 'experiments': names, 'stage': st, 'key': keys[st], 'steps': t.step, 'profile': profile.name,
+                 'data': did, 'precision': choice.to_dict()}, indent=1)))
     return ckpts
+
+# %% ../nbs/15_experiments.ipynb #921595f5
+@guard('twostage-train')
+def main(argv=None):
+    "Console entry point: `twostage-train` (a user's mistake: one or two lines and exit status 2; `--debug` for tracebacks)."
+    import argparse
+    p = argparse.ArgumentParser(prog='twostage-train', description='Train a twostage model (both stages).')
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument('--experiment', help='a named experiment of twostage.experiments (e.g. full, t6_row1)')
+    g.add_argument('--config', help="a JSON file with 'model', 'loss' and 'train' entries")
+    p.add_argument('--profile', default='cpu', help='smoke | cpu | gpu (with --experiment)')
+    p.add_argument('--data', help='faces: a CelebA folder or any image folder (default: $TWOSTAGE_DATA or the bundled faces)')
+    p.add_argument('--out', help='output folder (default: runs/)')
+    p.add_argument('--stages', default='coarse,fine', help='comma-separated stages: coarse,fine[,joint]')
+    p.add_argument('--device', help='cpu, cuda, cuda:1 ...')
+    p.add_argument('--no-resume', action='store_true', help='start over instead of resuming from last.pt')
+    a = p.parse_args(argv)
+    from twostage.core import check_device
+    check_device(a.device)
+    rank, world = maybe_init_distributed(a.device)
+    if a.experiment:
+        res = train_experiment(get_experiment(a.experiment), get_profile(a.profile), data=a.data, runs=a.out,
+                                 device=a.device, resume=not a.no_resume)
+    else:
+        from twostage.data import load_faces
+        from twostage.runtime import data_fingerprint
+        try: spec = json.loads(Path(a.config).read_text())
+        except (OSError, json.JSONDecodeError) as e: raise UserError(f"cannot read --config {a.config}: {e}") from None
+        if bad := [k for k in spec if k not in ('model', 'loss', 'train')]:
+            raise UserError(f"--config {a.config}: unknown entries {bad}; valid: ['model', 'loss', 'train']")
+        if 'model' not in spec: raise UserError(f"--config {a.config} has no 'model' entry")
+        mcfg, lcfg, tcfg = ModelCfg.from_dict(spec['model']), LossCfg.from_dict(spec.get('loss', {})), TrainCfg.from_dict(spec.get('train', {}))
+        tcfg, _ = resolve_precision(tcfg, mcfg, a.device)
+        faces = load_faces(a.data, size=tcfg.size, seed=tcfg.seed)
+        data = data_fingerprint(faces.df['path'], faces.root)   # the run's identity includes its data
+        stages = tuple(a.stages.split(','))
+        key = stable_hash([mcfg.key_dict(), lcfg.to_dict(), tcfg.key_dict(), data, list(stages)])
+        out = Path(a.out or 'runs') / f'config-{key}'
+        res = train_stages(mcfg, lcfg, tcfg, faces.dataset('train', cache=True), out, stages=stages,
+                           val_dataset=faces.dataset('val'), device=a.device, resume=not a.no_resume, data_info=data)
+    if rank == 0: print(json.dumps({k: str(v) for k, v in res.items()}, indent=1))
+    if world > 1: torch.distributed.destroy_process_group()
+
+# %% ../nbs/15_experiments.ipynb #3bed0223
+#| eval: false
+if __name__ == '__main__': main()

@@ -4,18 +4,20 @@
 
 # %% ../nbs/14_inpaint.ipynb #71f284c4
 from __future__ import annotations
-import json, sys, time, warnings
+import json, os, sys, time, warnings
 from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
 
-from .core import pil_to_tensor, tensor_to_pil, get_device, atomic_write
+from .core import pil_to_tensor, tensor_to_pil, get_device, atomic_write, UserError, check_device
 from .data import load_image, UnreadableImage, IMG_EXTS, to_rgb
+from .cli import guard
 
 # %% auto #0
-__all__ = ['INVERTED_ABOVE', 'crop_box', 'prepare', 'read_mask', 'prepare_mask', 'paste_back', 'load_inpainter', 'inpaint_image',
-           'tiny_checkpoint', 'pair_files', 'inpaint_folder', 'main']
+__all__ = ['INVERTED_ABOVE', 'MASK_FORMATS', 'RELEASE', 'OUT_FORMATS', 'crop_box', 'prepare', 'read_mask', 'prepare_mask',
+           'paste_back', 'load_inpainter', 'inpaint_image', 'tiny_checkpoint', 'out_format', 'save_image', 'pair_files',
+           'plan_folder', 'inpaint_folder', 'main']
 
 # %% ../nbs/14_inpaint.ipynb #7c298dee
 def crop_box(w: int, h: int) -> tuple:
@@ -38,11 +40,26 @@ def prepare(img: Image.Image, # any PIL image (converted to RGB; alpha composite
 
 # %% ../nbs/14_inpaint.ipynb #a4ee7b88
 INVERTED_ABOVE = 0.9   # a mask with more hole than this (and not all hole) looks inverted
+MASK_FORMATS = ("0/255 (white = hole), 0/1 (1 = hole), bool, RGB (brightest channel >= 128 = hole) "
+                "or alpha (transparent = hole)")
 
-def _mask_bool(m, warn) -> np.ndarray:
-    "Any mask representation -> H x W bool, True = hole (see the table above)."
+def _levels_hole(a: np.ndarray, # H x W numbers
+                 what: str,     # how to name the mask in a message
+                ) -> tuple:
+    "(H x W bool, values found): largest value <= 1: a 0/1 mask; >= 128: 0/255 (>= 128); above 255: half the largest; else `ValueError`."
+    a = a.astype(np.float32)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0., 0.)
+    found = f"values {lo:g} to {hi:g}"
+    if hi <= 1: return a >= 0.5, found
+    if hi > 255: return a >= hi / 2, found
+    if hi >= 128: return a >= 128, found
+    raise ValueError(f"{what} has {found}: neither a 0/1 mask nor a 0/255 one, so the hole cannot be told apart. "
+                     f"twostage reads {MASK_FORMATS}; rescale the mask so the hole is 1 or 255")
+
+def _mask_bool(m, warn, what: str = 'the mask') -> tuple:
+    "Any mask representation -> (H x W bool, True = hole; the values found), following the table above."
     if isinstance(m, (str, Path)):
-        p = Path(m)
+        p = Path(m); what = f"mask {p}"
         if not p.exists(): raise FileNotFoundError(f"mask not found: {p}")
         try:
             with Image.open(p) as im: im.load(); m = im.copy()
@@ -55,21 +72,17 @@ def _mask_bool(m, warn) -> np.ndarray:
             a = np.asarray(m.getchannel('A'))
             if (a < 255).any():
                 warn(f"{m.mode} mask: using its alpha channel, transparent = hole")
-                return a < 128
-            m = m.convert('L')
-        if m.mode == '1': return np.asarray(m, dtype=bool)
-        if m.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
-            a = np.asarray(m, dtype=np.float32); return a > (a.max() / 2 if a.max() > 0 else 0.5)
-        if m.mode != 'L': m = m.convert('L')   # RGB, CMYK, YCbCr ...: luminance
-        return np.asarray(m) >= 128
+                return a < 128, f"alpha {a.min()} to {a.max()}"
+            m = m.convert('L' if m.mode == 'LA' else 'RGB')
+        if m.mode == '1': return np.asarray(m, dtype=bool), "a 1-bit mask"
+        if m.mode not in ('L', 'I', 'I;16', 'I;16B', 'I;16L', 'F'): m = m.convert('RGB')   # CMYK, YCbCr, ...: as RGB
+        m = np.asarray(m)
     a = np.asarray(m)
-    if a.ndim == 3:
-        if a.shape[-1] == 4: return _mask_bool(Image.fromarray(a.astype(np.uint8), 'RGBA'), warn)
-        a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    if a.ndim == 3 and a.shape[-1] == 4: return _mask_bool(Image.fromarray(a.astype(np.uint8), 'RGBA'), warn, what)
+    if a.ndim == 3 and a.shape[-1] in (1, 2, 3): a = (a[..., :1] if a.shape[-1] == 2 else a).max(-1)   # RGB: brightest channel; LA: grey
     if a.ndim != 2: raise ValueError(f"a mask must be H x W (or H x W x C), got shape {a.shape}")
-    if a.dtype == bool: return a
-    a = a.astype(np.float32)
-    return a >= (0.5 if a.max() <= 1 else 128)
+    if a.dtype == bool: return a, "a bool mask"
+    return _levels_hole(a, what)
 
 def read_mask(mask,                 # PIL image (any mode), H x W array (bool, {0,1} or 0-255), tensor, or a path
               image_size: tuple,    # (W, H) of the photo
@@ -77,7 +90,7 @@ def read_mask(mask,                 # PIL image (any mode), H x W array (bool, {
              ) -> tuple:
     "A mask at the photo's resolution: (H x W bool array, True = hole; list of warnings)."
     w, h = image_size; msgs = []
-    m = _mask_bool(mask, msgs.append)
+    m, found = _mask_bool(mask, msgs.append)
     if m.shape != (h, w):
         mh, mw = m.shape
         msg = f"mask is {mw}x{mh} but the image is {w}x{h}: resized the mask with nearest neighbour"
@@ -99,7 +112,8 @@ def read_mask(mask,                 # PIL image (any mode), H x W array (bool, {
         else: msgs.append(f"mask is {r:.1%} hole (looks inverted, but invert=False): filling it anyway")
     r = float(m.mean())
     if r == 1: msgs.append("mask is 100% hole: no pixel is known, so the output is the model's guess from nothing")
-    if r == 0: msgs.append("mask has no hole: nothing to inpaint, the image is returned unchanged")
+    if r == 0: msgs.append(f"mask has no hole ({found}; a hole is {MASK_FORMATS}): nothing to inpaint, "
+                           "the image is returned unchanged")
     return m, msgs
 
 def prepare_mask(mask,               # as for `read_mask`
@@ -139,21 +153,44 @@ def paste_back(out: torch.Tensor,            # 1 x 3 x S x S model output in [-1
     return res
 
 # %% ../nbs/14_inpaint.ipynb #03c84e05
-def load_inpainter(path,               # a checkpoint written by twostage.train (last.pt / best.pt)
+RELEASE = 'release'   # `load_inpainter(RELEASE)` (or None): the shipped 128 px weights, see twostage.release
+
+def load_inpainter(path=None,          # a checkpoint written by the trainer (last.pt / best.pt); None or 'release': the shipped weights
                    device=None,        # 'cpu', 'cuda', ... (default: twostage.core.get_device)
                    model_cfg=None,     # a ModelCfg the checkpoint must match (e.g. from --experiment/--profile)
                   ):
     "Load a checkpoint for inference; the model carries `train_size` and `trained_stage`."
-    from twostage.train import load_model
+    check_device(device)
+    if path is None or str(path) == RELEASE:
+        from twostage.release import load_release
+        model, rec = load_release(device=device)
+        if model_cfg is not None and model_cfg.to_dict() != rec['model_cfg']:
+            raise ValueError("the shipped release model is not the requested experiment's configuration")
+        model.train_size, model.trained_stage = int(rec['size']), 'fine'
+        return model, {'stage': 'fine', 'model_cfg': rec['model_cfg'], 'train_cfg': rec['train_cfg'], 'release': rec}
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir(): raise IsADirectoryError(f"checkpoint {path} is a folder; give its last.pt or best.pt")
     try: ck = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise ValueError(f"{path} is not a readable twostage checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:
+        import zipfile
+        if not zipfile.is_zipfile(path):   # torch.save writes a zip archive: this file is something else (or cut short)
+            raise ValueError(f"{path} is not a twostage checkpoint: not a PyTorch file at all (empty, truncated or another "
+                             "format); use the last.pt or best.pt that twostage-train writes") from None
+        why = (str(e).strip().splitlines() or [''])[0][:200]     # torch's own messages can run to twenty lines
+        raise ValueError(f"{path} is not a readable twostage checkpoint ({type(e).__name__}: {why})") from None
     if not isinstance(ck, dict) or 'model' not in ck or 'model_cfg' not in ck:
         raise ValueError(f"{path} is not a twostage checkpoint (it needs 'model' and 'model_cfg' entries; "
                          "use the last.pt or best.pt that twostage-train writes)")
-    try: model, ck = load_model(path, device=device, model_cfg=model_cfg)
+    from twostage.models.twostage import ModelCfg, build_model   # inference builds the model itself: no training code
+    cfg = ModelCfg.from_dict(ck['model_cfg'])
+    if model_cfg is not None and (diff := {k: (v, model_cfg.to_dict()[k]) for k, v in cfg.to_dict().items() if model_cfg.to_dict()[k] != v}):
+        raise ValueError("checkpoint was trained with another model configuration; differing fields "
+                         + ', '.join(f'{k}: checkpoint {a!r} vs requested {b!r}' for k, (a, b) in diff.items()))
+    try:
+        model = build_model(cfg); model.load_state_dict(ck['model']); model = model.to(get_device(device)).eval()
     except RuntimeError as e:
+        if any(w in str(e).lower() for w in ('cuda', 'device')): raise    # a device problem, not a weights one
         raise ValueError(f"the weights in {path} do not fit the model configuration stored with them: {e}") from None
     model.train_size = int((ck.get('train_cfg') or {}).get('size', 256))
     model.trained_stage = ck.get('stage', 'fine')
@@ -222,6 +259,29 @@ def tiny_checkpoint(path,          # where to write the checkpoint (a .pt file)
     return path
 
 # %% ../nbs/14_inpaint.ipynb #ffaef831
+OUT_FORMATS = {'.png': ('PNG', {}), '.jpg': ('JPEG', {'quality': 95}), '.jpeg': ('JPEG', {'quality': 95}),
+               '.webp': ('WEBP', {'lossless': True}), '.bmp': ('BMP', {}), '.tif': ('TIFF', {}), '.tiff': ('TIFF', {})}
+
+def out_format(path) -> tuple:
+    "(Pillow format, save options) named by an output file's extension; `UserError` for any other extension."
+    ext = Path(path).suffix.lower()
+    if ext not in OUT_FORMATS:
+        raise UserError(f"{path}: {f'unknown image extension {ext!r}' if ext else 'no file extension'}, so no output "
+                        f"format; use {', '.join(OUT_FORMATS)}")
+    return OUT_FORMATS[ext]
+
+def save_image(img: Image.Image, # the result
+               path,             # its file; the extension chooses the format (JPEG at quality 95, WebP lossless)
+              ) -> Path:
+    "Write `img` in the format its extension names, atomically (a crash never leaves half a file)."
+    fmt, kw = out_format(path)
+    return atomic_write(path, lambda q: img.save(q, format=fmt, **kw))
+
+def _same(a, b) -> bool:
+    "Whether two paths are one file or folder (same inode; the same resolved path when one does not exist)."
+    try: return os.path.samefile(a, b)
+    except OSError: return Path(a).resolve() == Path(b).resolve()
+
 def _images_in(d: Path) -> list:
     return sorted(p for p in Path(d).iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTS and not p.name.startswith('.'))
 
@@ -242,45 +302,126 @@ def pair_files(images_dir, masks_dir, pair: str = 'name') -> tuple:
     used = {m for _, m in pairs if m is not None}
     return pairs, [m for m in masks if m not in used]
 
+def plan_folder(images_dir, masks_dir, out_dir, # the photos, their masks, and where results go
+                pair: str = 'name',      # 'name': by file stem | 'order': by sorted order
+                ext: str = 'png',        # result format: png, jpg, jpeg, webp, bmp, tif, tiff
+                overwrite: bool = False, # replace results (never inputs) that already exist
+               ) -> dict:
+    "The jobs of a folder run, `(photo, mask, result)`, checked: `UserError` if it would overwrite an input or a result."
+    images_dir, masks_dir, out_dir = Path(images_dir), Path(masks_dir), Path(out_dir)
+    for flag, d in (('--images', images_dir), ('--masks', masks_dir)):
+        if not d.exists(): raise FileNotFoundError(f"{flag} folder not found: {d}")
+        if not d.is_dir(): raise UserError(f"{flag} {d} is a file, not a folder; for one photo use --image and --mask")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; with --images, --out is the folder the results go to")
+    for flag, d, what in (('--images', images_dir, 'photos'), ('--masks', masks_dir, 'masks')):
+        if _same(out_dir, d): raise UserError(f"--out {out_dir} is the {flag} folder: the results would overwrite your "
+                                              f"{what}; choose another output folder")
+    ext = '.' + str(ext).lower().lstrip('.'); out_format(f'result{ext}')
+    pairs, unused = pair_files(images_dir, masks_dir, pair)
+    inputs = [im for im, _ in pairs] + [m for _, m in pairs if m is not None] + list(unused)
+    jobs, no_mask, by_name = [], [], {}
+    for im, m in pairs:
+        if m is None: no_mask.append(im); continue
+        o = out_dir / f'{im.stem}{ext}'
+        if o.name in by_name:
+            raise UserError(f"{by_name[o.name]} and {im} would both be written to {o}: rename one of them, "
+                            "or inpaint them in separate runs")
+        clash = next((x for x in inputs if o.exists() and _same(o, x)), None)
+        if clash is not None: raise UserError(f"the result for {im.name} would overwrite the input {clash}; choose another --out folder")
+        by_name[o.name] = im; jobs.append((im, m, o))
+    if not overwrite:
+        there = [o for _, _, o in jobs if o.exists()] + [p for p in [out_dir / 'report.json'] if p.exists()]
+        if there:
+            names = ', '.join(p.name for p in there[:3]) + (', ...' if len(there) > 3 else '')
+            raise UserError(f"--out {out_dir} already holds {len(there)} file{'s' if len(there) > 1 else ''} this run would "
+                            f"write ({names}); pass --overwrite to replace them, or choose another folder")
+    return {'jobs': jobs, 'no_mask': no_mask, 'unused': unused, 'ext': ext}
+
 def inpaint_folder(model,            # a TwoStage model, e.g. from `load_inpainter`
                    images_dir,       # folder of photos (jpg/jpeg/png/webp/bmp)
-                   masks_dir,        # folder of masks (255 = hole)
-                   out_dir,          # results go here as <photo stem>.png, plus report.json
+                   masks_dir,        # folder of masks (255 = hole; see `read_mask` for the other formats)
+                   out_dir,          # results go here as <photo stem>.<ext>, plus report.json
                    pair: str = 'name', # 'name': by file stem | 'order': by sorted order
                    stage: str = 'both', device=None, size: int | None = None, invert=None,
                    progress: bool = False, # print one line per photo
+                   ext: str = 'png',       # result format: png, jpg, jpeg, webp, bmp, tif, tiff
+                   overwrite: bool = False, # replace results of an earlier run (inputs are never replaced)
                   ) -> dict:
     "Inpaint every photo of a folder; returns a report: done, skipped (with reasons), unused masks, counts."
+    plan = plan_folder(images_dir, masks_dir, out_dir, pair, ext, overwrite)   # every refusal before any work
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    pairs, unused = pair_files(images_dir, masks_dir, pair)
-    done, skipped = [], []
-    for im, m in pairs:
-        if m is None:
-            skipped.append({'image': str(im), 'reason': f"no mask for {im.name} (pair={pair!r})"}); continue
+    done = []
+    skipped = [{'image': str(im), 'reason': f"no mask for {im.name} (pair={pair!r})"} for im in plan['no_mask']]
+    for im, m, out in plan['jobs']:
         try:
             res, info = inpaint_image(model, im, m, stage=stage, device=device, size=size, invert=invert)
-            out = out_dir / f'{im.stem}.png'
-            atomic_write(out, lambda p: res.save(p, format='PNG'))
+            save_image(res, out)
             done.append({'image': str(im), 'mask': str(m), 'out': str(out), 'warnings': info['warnings']})
         except (UnreadableImage, ValueError, OSError) as e:   # a bad pair is reported, the run goes on
             skipped.append({'image': str(im), 'mask': str(m), 'reason': f"{type(e).__name__}: {e}"})
         if progress: print(('ok  ' if done and done[-1]['image'] == str(im) else 'skip'), im.name, file=sys.stderr)
-    report = {'done': done, 'skipped': skipped, 'unused_masks': [str(m) for m in unused],
-              'count': {'images': len(pairs), 'done': len(done), 'skipped': len(skipped)}}
+    report = {'done': done, 'skipped': skipped, 'unused_masks': [str(m) for m in plan['unused']],
+              'count': {'images': len(plan['jobs']) + len(plan['no_mask']), 'done': len(done), 'skipped': len(skipped)}}
     atomic_write(out_dir / 'report.json', lambda p: Path(p).write_text(json.dumps(report, indent=1)))
     return report
 
 # %% ../nbs/14_inpaint.ipynb #cb07ba54
+def _resolve_checkpoint(a):
+    "The checkpoint to load for parsed arguments `a`: `--checkpoint`, else the shipped release weights (said on stderr)."
+    if a.checkpoint: return Path(a.checkpoint)
+    from twostage.release import release_paths
+    print(f"twostage-inpaint: no --checkpoint given: using the shipped release model ({release_paths()[0].name}, "
+          "128 px, see the model card in the README)", file=sys.stderr)
+    return RELEASE
+
+def _backend(model, a):
+    "The model itself (torch), or an onnxruntime session of it (`--backend onnxruntime`: `--onnx FILE`, else exported now)."
+    if a.backend == 'torch': return model
+    try: import onnxruntime  # noqa: F401
+    except ImportError: raise UserError("--backend onnxruntime needs onnxruntime: pip install 'twostage[onnx]'") from None
+    from twostage.export import export_onnx, load_onnx
+    if a.onnx: return load_onnx(a.onnx)
+    import tempfile
+    f = Path(tempfile.mkdtemp(prefix='twostage-onnx-')) / 'model.onnx'
+    export_onnx(model, f, _size_for(model, a.size), stage=a.stage)
+    return load_onnx(f)
+
+def _check_single(a):
+    "Refuse, before anything is loaded, a single-photo run that lacks an input or would overwrite a file."
+    for flag, p in (('--image', a.image), ('--mask', a.mask)):
+        if not Path(p).exists(): raise FileNotFoundError(f"{flag} {p}: no such file")
+        if Path(p).is_dir(): raise UserError(f"{flag} {p} is a folder; for folders use --images and --masks")
+    out = Path(a.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name, e.g. --out {out / (Path(a.image).stem + '_inpainted.png')}")
+    for flag, p in (('--image', a.image), ('--mask', a.mask)):
+        if _same(out, p): raise UserError(f"--out {out} is the {flag} file: refusing to overwrite an input; choose another file name")
+    out_format(out)
+    if out.exists() and not a.overwrite:
+        raise UserError(f"--out {out} already exists; pass --overwrite to replace it, or choose another file name")
+    return out
+
+@guard('twostage-inpaint')
 def main(argv=None):
     "Console entry point: `twostage-inpaint`."
     import argparse
     p = argparse.ArgumentParser(prog='twostage-inpaint', description='Inpaint photos with a trained twostage model. '
                                 'Masks: white/255 = hole. Photos of any size are centre-cropped to a square, resized to '
                                 'the model size, and only the hole pixels of the original are replaced.')
-    p.add_argument('--checkpoint', required=True, help='last.pt / best.pt written by twostage-train')
-    p.add_argument('--image', help='one photo'); p.add_argument('--mask', help='its mask')
-    p.add_argument('--images', help='a folder of photos'); p.add_argument('--masks', help='a folder of masks')
-    p.add_argument('--out', required=True, help='output file (with --image) or folder (with --images)')
+    p.add_argument('--checkpoint', help='last.pt / best.pt written by twostage-train (default: the shipped 128 px release model)')
+    p.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime'],
+                   help="run the model in PyTorch, or in onnxruntime (needs the 'onnx' extra; exported on the fly unless --onnx)")
+    p.add_argument('--onnx', help='an ONNX file written by twostage-export (with --backend onnxruntime)')
+    p.add_argument('--image', help='one photo')
+    p.add_argument('--mask', help='its mask: white/255 = hole; also read: 0/1 (1 = hole), 1-bit, RGB (brightest channel '
+                   '>= 128 = hole), RGBA with transparency (transparent = hole); other value ranges are refused')
+    p.add_argument('--images', help='a folder of photos'); p.add_argument('--masks', help='a folder of masks (formats as --mask)')
+    p.add_argument('--out', required=True, help='output file (with --image; .png .jpg .jpeg .webp .bmp .tif .tiff) '
+                   'or folder (with --images)')
+    p.add_argument('--ext', choices=['png', 'jpg', 'jpeg', 'webp', 'bmp', 'tif', 'tiff'],
+                   help='format of the results in folder mode (default: png)')
+    p.add_argument('--overwrite', action='store_true', help='replace existing results (inputs are never overwritten)')
     p.add_argument('--pair', default='name', choices=['name', 'order'], help='pair folder files by stem or sorted order')
     p.add_argument('--stage', default='both', choices=['both', 'coarse'])
     p.add_argument('--size', type=int, help="model input side (default: the checkpoint's training size)")
@@ -288,30 +429,33 @@ def main(argv=None):
                    help='check: refuse masks >90%% hole (they look inverted); yes: invert; no: never; auto: invert when they look inverted')
     p.add_argument('--experiment', help='check the checkpoint is this experiment (needs --profile)')
     p.add_argument('--profile', help='profile of --experiment (smoke | cpu | gpu)')
-    p.add_argument('--device', help='cpu, cuda, ...')
+    p.add_argument('--device', help='cpu, cuda, ... (default: cuda when present)')
+    p.add_argument('--debug', action='store_true', help='show the full traceback on errors')
     a = p.parse_args(argv)
     if bool(a.image) == bool(a.images): p.error('give either --image and --mask, or --images and --masks')
     if a.image and not a.mask: p.error('--image needs --mask')
     if a.images and not a.masks: p.error('--images needs --masks')
+    if a.image and a.ext: p.error('--ext is for folder mode; with --image the --out extension chooses the format')
+    if (a.experiment or a.profile) and not (a.experiment and a.profile): p.error('--experiment and --profile go together')
     invert = {'check': None, 'yes': True, 'no': False, 'auto': 'auto'}[a.invert_mask]
-    try:
-        mcfg = None
-        if a.experiment or a.profile:
-            if not (a.experiment and a.profile): p.error('--experiment and --profile go together')
-            from twostage import experiments as X
-            mcfg = X.get_profile(a.profile).model_cfg(X.get_experiment(a.experiment))
-        model, ck = load_inpainter(a.checkpoint, device=a.device, model_cfg=mcfg)
-        kw = dict(stage=a.stage, size=a.size, invert=invert)
-        if a.image:
-            res, info = inpaint_image(model, a.image, a.mask, **kw)
-            for w in info['warnings']: print(f'warning: {w}', file=sys.stderr)
-            out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(out, lambda q: res.save(q, format='PNG'))
-            print(json.dumps({'out': str(out), 'note': info['note'], 'warnings': info['warnings']}))
-            return 0
-        rep = inpaint_folder(model, a.images, a.masks, a.out, pair=a.pair, progress=True, **kw)
-        for s in rep['skipped']: print(f"skipped {s['image']}: {s['reason']}", file=sys.stderr)
-        print(json.dumps(rep['count']))
+    check_device(a.device)                                        # every refusal before the model is loaded
+    if a.image: out = _check_single(a)
+    else: plan_folder(a.images, a.masks, a.out, a.pair, a.ext or 'png', a.overwrite)
+    mcfg = None
+    if a.experiment:
+        from twostage import experiments as X
+        mcfg = X.get_profile(a.profile).model_cfg(X.get_experiment(a.experiment))
+    model, ck = load_inpainter(_resolve_checkpoint(a), device=a.device, model_cfg=mcfg)
+    model = _backend(model, a)
+    kw = dict(stage=a.stage, size=a.size, invert=invert)
+    if a.image:
+        res, info = inpaint_image(model, a.image, a.mask, **kw)
+        for w in info['warnings']: print(f'warning: {w}', file=sys.stderr)
+        save_image(res, out)
+        print(json.dumps({'out': str(out), 'note': info['note'], 'warnings': info['warnings']}))
         return 0
-    except (ValueError, FileNotFoundError, UnreadableImage) as e:
-        p.exit(2, f'twostage-inpaint: error: {e}\n')
+    rep = inpaint_folder(model, a.images, a.masks, a.out, pair=a.pair, progress=True, ext=a.ext or 'png',
+                         overwrite=a.overwrite, **kw)
+    for s in rep['skipped']: print(f"skipped {s['image']}: {s['reason']}", file=sys.stderr)
+    print(json.dumps(rep['count']))
+    return 0

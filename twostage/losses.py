@@ -40,7 +40,11 @@ class LossCfg:
 
     def to_dict(self) -> dict: return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
     @classmethod
-    def from_dict(cls, d: dict) -> 'LossCfg': return cls(**d)
+    def from_dict(cls, d: dict) -> 'LossCfg':
+        "Build from a dict; unknown keys raise (naming the valid ones), missing keys take the defaults."
+        names = [f.name for f in fields(cls)]
+        if bad := [k for k in d if k not in names]: raise ValueError(f"unknown LossCfg field(s) {bad}; valid: {names}")
+        return cls(**d)
     def hash(self) -> str: return stable_hash(self.to_dict())
 
 # %% ../nbs/10_losses.ipynb #4c5df274

@@ -12,23 +12,30 @@ import torch
 
 from .core import runs_dir, figures_dir, stable_hash, atomic_write, code_version, get_device, seed_everything
 from .experiments import (TABLE6, STAGE1, Experiment, Profile, get_profile, train_experiment, stage_keys,
-                                  data_id)
+                                  data_id, plan_experiment)
+from .runtime import EtaMeter, cpu_capability, choose_precision
+from .cli import guard
 from .evaluate import eval_faces, eval_masks, load_images, evaluate, summarise, model_fn, RESULT_COLUMNS
 from .metrics import build_perceptual_metric
 from .peers import inpaint_peer
 from .train import load_model
+from .experiments import EXPERIMENTS
 
 # %% auto #0
-__all__ = ['reproduce', 'main']
+__all__ = ['reproduce', 'release_card', 'main']
 
 # %% ../nbs/17_reproduce.ipynb #2eecbc20
 def _protocol(profile: Profile, size: int) -> dict:
     return {'size': size, 'families': list(profile.families), 'n_test': profile.n_test, 'n_glasses': profile.n_glasses}
 
-def _cached_eval(path: Path, make):
-    "Read a results CSV if present, else compute it with `make()` and write it atomically."
+def _cached_eval(path: Path, make, per_image=None):
+    "Read a results CSV if present, else compute it with `make()` and write it atomically (and `per_image()` beside it)."
     if path.exists(): return pd.read_csv(path), True
-    res = make(); atomic_write(path, lambda p: res.to_csv(p, index=False)); return res, False
+    if per_image is not None:   # per-face metrics, kept for paired bootstrap intervals (twostage.tables.paired_bootstrap)
+        per = per_image(); pp = path.with_name(path.stem + '.per_image.csv')
+        atomic_write(pp, lambda p: per.to_csv(p, index=False)); make_ = lambda: make(per)
+    else: make_ = make
+    res = make_(); atomic_write(path, lambda p: res.to_csv(p, index=False)); return res, False
 
 def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
               data=None,      # faces (default: $TWOSTAGE_DATA or the bundled CelebA crops)
@@ -39,13 +46,16 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
               peers: bool = True,
               make_figures: bool = True,
               progress: bool = True,
+              precision: str | None = None,  # override the profile's precision ('auto', 'fp32', 'bf16')
+              release_to=None, # write the full model as the shipped weights into this folder ('' = the package's assets)
               log=print) -> dict:
     "Run the main job of a profile end to end; returns the paths it wrote."
     t0 = time.time()
     prof = get_profile(profile) if isinstance(profile, str) else profile
+    if precision: prof = replace(prof, train=replace(prof.train, precision=precision))
     runs_root = runs_dir(runs)
     out_root = runs_root / prof.name; out_root.mkdir(parents=True, exist_ok=True)
-    figs = Path(figures) if figures else (figures_dir() if prof.name == 'cpu' else out_root / 'figures')
+    figs = Path(figures) if figures else {'cpu': figures_dir(), 'release': figures_dir() / 'release'}.get(prof.name, out_root / 'figures')
     figs.mkdir(parents=True, exist_ok=True)
     size = prof.train.size
     seed_everything(prof.train.seed)
@@ -59,30 +69,51 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     log(f"[metrics] psnr, ssim, hole_psnr, hole_l1, {perc.name}")
     proto = stable_hash([_protocol(prof, size), perc.name])
     exps = [e for e in STAGE1 + TABLE6 if experiments is None or e.name in experiments]
+    if experiments is not None and (bad := sorted(set(experiments) - {e.name for e in exps})):
+        raise ValueError(f"unknown experiment(s) {bad}; valid: {', '.join(e.name for e in STAGE1 + TABLE6)}")
+    plans = {}   # run folder -> steps still to train (stage-1 runs shared by several rows count once)
+    for e in exps:
+        for st, (folder, left, _) in plan_experiment(e, prof, faces, runs, device, log=log).items(): plans[folder] = left
+    machine = {'device': str(get_device(device)), 'cpu_capability': cpu_capability(), 'threads': torch.get_num_threads(),
+               'precision': choose_precision(prof.model_cfg(exps[0]) if exps else None, device, prof.train.precision,
+                                             prof.train.channels_last, size, log=None).to_dict()}
+    log(f"[plan] {len(exps)} experiments, {sum(1 for v in plans.values() if v)} stage runs to train, "
+        f"{sum(plans.values())} steps in all; {machine['device']} ({machine['cpu_capability']}, {machine['threads']} threads), "
+        f"precision {machine['precision']['precision']}{' + channels_last' if machine['precision']['channels_last'] else ''}")
+    eta = EtaMeter(sum(plans.values()), log=log)
     res_dir = out_root / 'results'; results, timing, ckpts = [], [], {}
     for i, exp in enumerate(exps):
         t1 = time.time()
         log(f"[{i + 1}/{len(exps)}] {exp.name} ({exp.table} row {exp.row}: {exp.modules})")
-        ck = ckpts[exp.name] = train_experiment(exp, prof, data=data, runs=runs, device=device, faces=faces, progress=progress)
+        ck = ckpts[exp.name] = train_experiment(exp, prof, data=data, runs=runs, device=device, faces=faces, progress=progress,
+                                                on_step=eta.update)
         last = ck['fine'] if 'fine' in ck else ck['coarse']
         model, meta = load_model(last, device=device)
-        keys = stage_keys(prof.model_cfg(exp), prof.loss_cfg(exp), prof.train_cfg(exp), data_id(data, prof))
-        key = keys['fine'] if 'fine' in ck else keys['coarse']
-        res, cached = _cached_eval(res_dir / f'{exp.name}-{key}-{proto}.csv', lambda: summarise(
-            evaluate(model_fn(model, exp.eval_stage, device), sets, masks, prof.families, perc, prof.eval_batch,
-                     progress=progress), exp.name, key, prof.train.seed))
+        key = plan_experiment(exp, prof, faces, runs, device, log=None)['fine' if 'fine' in ck else 'coarse'][2]
+        res, cached = _cached_eval(res_dir / f'{exp.name}-{key}-{proto}.csv', lambda per: summarise(
+            per, exp.name, key, prof.train.seed, stage=exp.eval_stage, size=size, profile=prof.name),
+            per_image=lambda: evaluate(model_fn(model, exp.eval_stage, device), sets, masks, prof.families, perc,
+                                       prof.eval_batch, progress=progress))
         results.append(res.assign(table=exp.table, row=exp.row))
         timing.append({'experiment': exp.name, 'seconds': round(time.time() - t1, 1)})
         log(f"    checkpoint {last}; results {'from cache' if cached else 'evaluated'} ({time.time() - t1:.0f} s)")
     if peers:
         for name in prof.peers:
             t1 = time.time()
-            res, cached = _cached_eval(res_dir / f'peer_{name}-{proto}.csv', lambda: summarise(
-                evaluate(lambda im, m: inpaint_peer(name, im, m), sets, masks, prof.families, perc, prof.eval_batch,
-                         progress=progress), f'peer_{name}', 'peer', prof.train.seed))
+            res, cached = _cached_eval(res_dir / f'peer_{name}-{proto}.csv', lambda per: summarise(
+                per, f'peer_{name}', 'peer', prof.train.seed, stage='peer', size=size, profile=prof.name),
+                per_image=lambda: evaluate(lambda im, m: inpaint_peer(name, im, m), sets, masks, prof.families, perc,
+                                           prof.eval_batch, progress=progress))
             results.append(res.assign(table='peers', row=name))
             log(f"[peer] {name}: {'from cache' if cached else 'evaluated'} ({time.time() - t1:.0f} s)")
     allres = pd.concat(results, ignore_index=True)
+    per = {p.name.split('-')[0]: p for p in sorted(res_dir.glob(f'*-{proto}.per_image.csv'))}
+    per = {n: p for n, p in per.items() if n in set(allres.experiment)}
+    if 't6_row9' in per and len(per) > 1:   # paired bootstrap intervals over faces, every row and peer against the full model
+        from twostage.tables import paired_bootstrap
+        bt = paired_bootstrap({n: pd.read_csv(p) for n, p in per.items()}, 't6_row9', metrics=('psnr', 'ssim', perc.name))
+        log(f"[bootstrap] {atomic_write(figs / f'bootstrap_{prof.name}.csv', lambda p: bt.to_csv(p, index=False))} "
+            f"(95 % intervals over {bt.n.max()} faces, 1000 paired resamples)")
     res_path = atomic_write(figs / f'results_{prof.name}.csv', lambda p: allres.to_csv(p, index=False))
     log(f"[results] {res_path} ({len(allres)} rows)")
     written = {'results': res_path}
@@ -95,14 +126,54 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
         figs_written = write_figures(allres, prof, ckpts=ckpts, sets=sets, masks=masks, out=figs, device=device)
         for k, v in figs_written.items(): log(f"[figure] {v}")
         written.update(figs_written)
+    if release_to is not None and 't6_row9' in ckpts and 'fine' in ckpts['t6_row9']:
+        from twostage.release import export_release, RELEASE_NAME
+        card = release_card(allres, prof, ckpts['t6_row9'], faces, machine)
+        rec = export_release(ckpts['t6_row9']['fine'], RELEASE_NAME, release_to or None, card=card)
+        log(f"[release] {rec['file']} ({rec['bytes'] / 1e6:.1f} MB, sha256 {rec['sha256'][:16]}...) with its model card")
+        written['release'] = rec['file']
+        if make_figures and release_to == '':   # the README's demo panel: the shipped weights on a held-out face
+            from twostage.demo import fig_demo_panel
+            fig_demo_panel(data=faces, out_dir=figures_dir()); written['demo_panel'] = figures_dir() / 'demo_panel.png'
+            log(f"[figure] {written['demo_panel']}")
     tot = time.time() - t0
     with open(out_root / 'timing.jsonl', 'a') as f:   # one line per invocation: a cached rerun never hides the real cost
         f.write(json.dumps({'profile': prof.name, 'finished': time.strftime('%Y-%m-%d %H:%M:%S'), 'total_seconds': round(tot, 1),
-                            'experiments': timing, 'code_version': code_version()}) + '\n')
+                            'experiments': timing, 'machine': machine, 'code_version': code_version()}) + '\n')
     log(f"[done] profile {prof.name} in {tot / 60:.1f} min; tables and figures in {figs}; runs in {out_root}")
     return written
 
+# %% ../nbs/17_reproduce.ipynb #ad8f88b1
+def _train_seconds(losses_csv) -> float:
+    "Training seconds in a losses.csv (its `time` restarts at every resume: the segments are added)."
+    t = pd.read_csv(losses_csv)['time'].to_numpy()
+    if not len(t): return 0.
+    ends = [i for i in range(len(t) - 1) if t[i + 1] < t[i]] + [len(t) - 1]
+    return float(sum(t[i] for i in ends))
+
+def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, machine: dict, full: str = 't6_row9') -> dict:
+    "The model card of a release run: data, steps, time, machine, recipe, and scores beside the peers (from the results)."
+    tc = profile.train
+    secs = {st: round(_train_seconds(Path(p).parent / 'losses.csv'), 1) for st, p in ckpt.items()}
+    perc = [m for m in results.metric.unique() if 'lpips' in m]
+    r = results[(results.bucket == 'all') & (results.metric.isin(['psnr', 'ssim'] + perc))]
+    r = r[(r.experiment == full) | (r.table == 'peers')]
+    scores = {}
+    for (subset, fam, exp, metric), v in r.groupby(['subset', 'family', 'experiment', 'metric'])['value'].mean().items():
+        scores.setdefault(subset, {}).setdefault(fam, {}).setdefault('twostage' if exp == full else exp.replace('peer_', ''), {})[metric] = round(float(v), 4)
+    return {
+        'data': {'root': str(faces.root), 'train_faces': len(faces.train), 'val_faces': len(faces.val), 'test_faces': len(faces.test),
+                 'min_side': profile.min_side, 'split': 'CelebA partition' if profile.follow_partition else 'hash of the image id (seed 0)'},
+        'steps': {'coarse': tc.steps_coarse, 'fine': tc.steps_fine, 'batch_size': tc.batch_size, 'size': tc.size},
+        'train_seconds': secs, 'machine': machine,
+        'recipe': {'model': profile.model_cfg(EXPERIMENTS[full]).to_dict(), 'loss': profile.loss_cfg(EXPERIMENTS[full]).to_dict(),
+                   'train': {k: v for k, v in tc.to_dict().items() if k not in ('log_every', 'sample_every', 'num_workers')}},
+        'protocol': {'families': list(profile.families), 'n_test': profile.n_test, 'n_glasses': profile.n_glasses,
+                     'perceptual': perc[0] if perc else None},
+        'scores': scores}
+
 # %% ../nbs/17_reproduce.ipynb #5778e1cb
+@guard('twostage-reproduce')
 def main(argv=None):
     "Console entry point: `twostage-reproduce`."
     import argparse
@@ -111,6 +182,12 @@ def main(argv=None):
     p.add_argument('--data'); p.add_argument('--runs'); p.add_argument('--figures'); p.add_argument('--device')
     p.add_argument('--experiments', help='comma-separated experiment names (default: all)')
     p.add_argument('--no-peers', action='store_true'); p.add_argument('--no-figures', action='store_true')
+    p.add_argument('--precision', choices=['auto', 'fp32', 'bf16'],
+                   help="override the profile's precision (default 'auto': what is fastest on this machine)")
     a = p.parse_args(argv)
-    reproduce(a.profile, a.data, a.runs, a.figures, a.device, a.experiments.split(',') if a.experiments else None,
-              peers=not a.no_peers, make_figures=not a.no_figures)
+    from twostage.core import check_device
+    check_device(a.device)
+    rel = a.profile == 'release'   # the release profile trains the full model only, and writes the shipped weights
+    exps = a.experiments.split(',') if a.experiments else (['t6_row9'] if rel else None)
+    reproduce(a.profile, a.data, a.runs, a.figures, a.device, exps,
+              peers=not a.no_peers, make_figures=not a.no_figures, precision=a.precision, release_to='' if rel else None)

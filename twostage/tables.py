@@ -11,7 +11,8 @@ import pandas as pd
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['PAPER_TABLE6', 'METRICS', 'perceptual_name', 'wide', 'table6', 'stage1_table', 'peers_table', 'write_tables']
+__all__ = ['PAPER_TABLE6', 'METRICS', 'perceptual_name', 'wide', 'table6', 'stage1_table', 'peers_table', 'peer_verdicts',
+           'verdict_summary', 'write_tables', 'paired_bootstrap']
 
 # %% ../nbs/18_tables.ipynb #41e0b594
 PAPER_TABLE6 = pd.DataFrame({   # the paper's Table 6, as printed (row 9 = full model)
@@ -58,6 +59,44 @@ def peers_table(results, subset='all', family='pooled', full='t6_row9'):
     r = results[(results.table == 'peers') | (results.experiment == full)].assign(table='peers')
     r.loc[r.experiment == full, 'row'] = 'twostage (full)'
     return wide(r, 'peers', subset, family)
+
+# %% ../nbs/18_tables.ipynb #28a619db
+def peer_verdicts(results: pd.DataFrame, full: str = 't6_row9', peers=('biharmonic', 'telea', 'navier_stokes')) -> pd.DataFrame:
+    "Per subset and family: the model against the best of `peers` on PSNR, SSIM and the perceptual metric, with margins."
+    p = perceptual_name(results)
+    metrics = ['psnr', 'ssim'] + ([p] if p else [])
+    r = results[(results.bucket == 'all') & results.metric.isin(metrics)]
+    m = r.groupby(['subset', 'family', 'experiment', 'metric'])['value'].mean().unstack('metric')
+    rows = []
+    for (subset, fam), g in m.groupby(level=[0, 1]):
+        g = g.droplevel([0, 1])
+        if full not in g.index: continue
+        peer_rows = g.loc[[f'peer_{q}' for q in peers if f'peer_{q}' in g.index]]
+        if not len(peer_rows): continue
+        row = {'subset': subset, 'family': fam}
+        for k in metrics:
+            lower = 'lpips' in k
+            best = peer_rows[k].idxmin() if lower else peer_rows[k].idxmax()
+            margin = (peer_rows.loc[best, k] - g.loc[full, k]) if lower else (g.loc[full, k] - peer_rows.loc[best, k])
+            row.update({k: g.loc[full, k], f'best_peer_{k}': peer_rows.loc[best, k], f'best_peer_{k}_name': best.replace('peer_', ''),
+                        f'margin_{k}': margin, f'won_{k}': bool(margin > 0)})
+        row['won_all'] = all(row[f'won_{k}'] for k in metrics)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+def verdict_summary(v: pd.DataFrame) -> str:
+    "One sentence per subset: the families won on every metric, and the others with their margins."
+    out = []
+    for subset, g in v.groupby('subset'):
+        won = g[g.won_all].family.tolist()
+        lost = []
+        for r in g[~g.won_all].itertuples():
+            parts = [f"{k} {getattr(r, 'margin_' + k):+.3g} vs {getattr(r, 'best_peer_' + k + '_name')}"
+                     for k in [c[4:] for c in g.columns if c.startswith('won_') and c != 'won_all'] if not getattr(r, 'won_' + k)]
+            lost.append(f"{r.family} ({', '.join(parts)})")
+        out.append(f"{subset} faces: ahead of every peer on every metric on {len(won)} of {len(g)} families"
+                   + (f" ({', '.join(won)})" if won else '') + ('; behind on ' + '; '.join(lost) if lost else '') + '.')
+    return ' '.join(out)
 
 # %% ../nbs/18_tables.ipynb #5015d2aa
 def _md(df, floatfmt=4):
@@ -114,4 +153,38 @@ def write_tables(results: pd.DataFrame, out_dir, profile: str = '', modules: dic
         written[f'{name}_md'] = atomic_write(out / f'{name}.md', lambda f: Path(f).write_text(''.join(md)))
         t = full[(full.subset == 'all') & (full.family == 'pooled')].drop(columns=['subset', 'family', 'code_version'])
         written[f'{name}_tex'] = atomic_write(out / f'{name}.tex', lambda f: Path(f).write_text(_tex(t, caption)))
+    v = peer_verdicts(results) if (results.table == 'peers').any() and (results.experiment == 't6_row9').any() else pd.DataFrame()
+    if len(v):
+        written['verdicts_csv'] = atomic_write(out / 'verdicts.csv', lambda f: v.to_csv(f, index=False))
+        cols = ['subset', 'family'] + [c for c in v.columns if c.startswith('margin_')] + ['won_all']
+        md = ('# The full model against the best classical peer, per mask family\n\n' + note + ' Margins: positive = the model '
+              'is better (for the perceptual distance, lower is better).\n\n' + verdict_summary(v) + '\n\n' + _md(v[cols]))
+        written['verdicts_md'] = atomic_write(out / 'verdicts.md', lambda f: Path(f).write_text(md))
     return written
+
+# %% ../nbs/18_tables.ipynb #377080fc
+def paired_bootstrap(per_image: dict,   # name -> per-face results (`twostage.evaluate.evaluate`): subset, family, index, metrics
+                     ref: str,          # the name every other one is compared with
+                     metrics=('psnr', 'ssim'),
+                     n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    "Mean and 95 % interval of every metric per name, subset and family (and pooled), and of its difference from `ref`."
+    rng = np.random.default_rng(seed); rows = []
+    subsets = sorted(set.intersection(*[set(d.subset) for d in per_image.values()]))
+    for subset in subsets:
+        tabs = {k: d[d.subset == subset] for k, d in per_image.items()}
+        n = int(tabs[ref]['index'].max()) + 1
+        draws = rng.integers(0, n, size=(n_boot, n))          # one resample of the faces, shared by every name
+        for metric in metrics:
+            if not all(metric in d.columns for d in tabs.values()): continue
+            wide = {k: d.pivot_table(index='index', columns='family', values=metric).reindex(range(n)) for k, d in tabs.items()}
+            fams = list(wide[ref].columns)
+            for fam in fams + ['pooled']:
+                val = {k: (w[fams].mean(1) if fam == 'pooled' else w[fam]).to_numpy() for k, w in wide.items()}
+                boot = {k: np.nanmean(v[draws], axis=1) for k, v in val.items()}
+                for k in val:
+                    d = boot[k] - boot[ref]
+                    rows.append({'name': k, 'subset': subset, 'family': fam, 'metric': metric, 'mean': float(np.nanmean(val[k])),
+                                 'lo': float(np.percentile(boot[k], 2.5)), 'hi': float(np.percentile(boot[k], 97.5)),
+                                 'diff': float(np.nanmean(val[k]) - np.nanmean(val[ref])),
+                                 'diff_lo': float(np.percentile(d, 2.5)), 'diff_hi': float(np.percentile(d, 97.5)), 'n': n})
+    return pd.DataFrame(rows)

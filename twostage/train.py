@@ -15,22 +15,25 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from .core import (composite, masked_input, seed_everything, get_device, stable_hash, atomic_save,
+from .core import (UserError, composite, masked_input, seed_everything, get_device, stable_hash, atomic_save,
                            atomic_write, code_version, to_01)
 from .masks import mask_batch
 from .models.twostage import ModelCfg, build_model, build_discriminators
+from .runtime import choose_precision, run_lock, PrecisionChoice
 from .losses import (LossCfg, reconstruction_loss, adversarial_g_loss, adversarial_d_loss,
                              relativistic_g_loss, relativistic_d_loss)
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE2_FIELDS', 'TrainCfg', 'StepBatches', 'step_masks', 'dist_info', 'maybe_init_distributed', 'unwrap',
-           'all_gather_objects', 'TrainingDiverged', 'shared_vgg', 'Trainer', 'save_sample_grid', 'ImageTensorDataset',
-           'check_compatible', 'load_model', 'train_stages', 'main']
+__all__ = ['STAGES', 'STAGE2_FIELDS', 'TRAIN_LATER_FIELDS', 'TrainCfg', 'resolve_precision', 'StepBatches', 'step_masks',
+           'dist_info', 'maybe_init_distributed', 'unwrap', 'all_gather_objects', 'TrainingDiverged', 'shared_vgg',
+           'Trainer', 'save_sample_grid', 'ImageTensorDataset', 'check_compatible', 'load_model', 'train_stages']
 
 # %% ../nbs/12_train.ipynb #bcfab896
 STAGES = ('coarse', 'fine', 'joint')
 STAGE2_FIELDS = ('fine_base', 'fine_depth', 'fine_skips', 'fine_attention', 'fine_norm', 'fine_residual', 'fem',
                  'fem_scales', 'n_fem', 'relativistic')  # what stage 1 never sees: runs differing only here share a stage-1 run
+
+TRAIN_LATER_FIELDS = {'adv_warmup': 0}
 
 @dataclass(frozen=True)
 class TrainCfg:
@@ -46,22 +49,34 @@ class TrainCfg:
     betas: tuple = (0.5, 0.999)     # Adam betas
     mask_family: str = 'mixed'      # training mask family (twostage.masks.FAMILIES)
     seed: int = 0                   # seeds model init, data order and masks
-    precision: str = 'fp32'         # 'fp32' | 'bf16' (autocast, CPU and GPU) | 'fp16' (GPU, with a grad scaler)
-    channels_last: bool = False     # channels_last memory format for models and inputs
+    precision: str = 'fp32'         # 'auto' (fastest here, see twostage.runtime) | 'fp32' | 'bf16' (autocast) | 'fp16' (GPU, grad scaler)
+    channels_last: bool = False     # channels_last memory format for models and inputs ('auto' precision decides it)
     num_workers: int = 0            # DataLoader workers
     log_every: int = 10             # progress-bar refresh (losses are written every step)
     sample_every: int = 250         # sample grid every N steps (0: only at the end)
     ckpt_every: int = 250           # checkpoint every N steps (and always at the end)
     val_every: int = 250            # validation (hole L1 on fixed faces and masks) every N steps, for best.pt
     n_val: int = 16                 # validation faces
+    adv_warmup: int = 0             # steps at the start of each stage without the generator's adversarial term (L1-heavy warm-up; not in the paper)
 
     def steps(self, stage): return {'coarse': self.steps_coarse, 'fine': self.steps_fine, 'joint': self.steps_joint}[stage]
     def to_dict(self): return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+    def key_dict(self):
+        "`to_dict` without fields added after the first release while at their default: old cache keys stay valid."
+        return {k: v for k, v in self.to_dict().items() if not (k in TRAIN_LATER_FIELDS and v == TRAIN_LATER_FIELDS[k])}
     @classmethod
     def from_dict(cls, d):
+        "Build from a dict; unknown keys raise (naming the valid ones), missing keys take the defaults."
+        names = [f.name for f in fields(cls)]
+        if bad := [k for k in d if k not in names]: raise ValueError(f"unknown TrainCfg field(s) {bad}; valid: {names}")
         d = dict(d); d['betas'] = tuple(d.get('betas', (0.5, 0.999)))
-        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
-    def hash(self): return stable_hash(self.to_dict())
+        return cls(**d)
+    def hash(self): return stable_hash(self.key_dict())
+
+def resolve_precision(tcfg: TrainCfg, model_cfg: ModelCfg, device=None, log=print) -> tuple:
+    "(`tcfg` with a concrete precision and layout, the `PrecisionChoice`): 'auto' becomes what is fastest on this machine."
+    ch = choose_precision(model_cfg, device, tcfg.precision, tcfg.channels_last, tcfg.size, log=log)
+    return replace(tcfg, precision=ch.precision, channels_last=ch.channels_last), ch
 
 # %% ../nbs/12_train.ipynb #d0c48055
 class StepBatches(torch.utils.data.Sampler):
@@ -164,10 +179,19 @@ class Trainer:
                  vgg=None,              # a twostage.weights.VGGFeatures; built on demand when a loss needs it
                  device=None,           # 'cpu', 'cuda', ... (default: twostage.core.get_device)
                  progress: bool = True, # show a tqdm bar
+                 on_step=None,          # called with 1 after every training step (e.g. `twostage.runtime.EtaMeter.update`)
+                 data_info=None,        # what identifies the training data (recorded in train_cfg.json and the checkpoint)
                 ):
         if stage not in STAGES: raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        self.mcfg, self.lcfg, self.tcfg, self.stage = model_cfg, loss_cfg, train_cfg, stage
-        self.ds, self.val_ds, self.out = dataset, val_dataset or dataset, Path(out_dir)
+        self.device = get_device(device)
+        train_cfg, self.precision_choice = resolve_precision(train_cfg, model_cfg, self.device,
+                                                             log=lambda m: tqdm.write(m) if progress else None)
+        self.mcfg, self.lcfg, self.tcfg, self.stage, self.on_step = model_cfg, loss_cfg, train_cfg, stage, on_step
+        self.data_info = data_info
+        if val_dataset is not None and len(val_dataset) == 0:
+            warnings.warn("no validation faces (the data set is too small for a validation split): validating on the "
+                          "training faces, so best.pt measures fit, not generalisation", stacklevel=2)
+        self.ds, self.val_ds, self.out = dataset, val_dataset if val_dataset is not None and len(val_dataset) else dataset, Path(out_dir)
         self.rank, self.world = dist_info()
         self.device = get_device(device)
         if self.world > 1 and self.device.type == 'cuda': self.device = torch.device('cuda', torch.cuda.current_device())
@@ -188,12 +212,11 @@ class Trainer:
             self.vgg = shared_vgg(tuple(loss_cfg.vgg_layers))
         if self.vgg is not None: self.vgg = self.vgg.to(self.device)
         pr = train_cfg.precision
-        if pr not in ('fp32', 'bf16', 'fp16'): raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {pr!r}")
         if train_cfg.lr_schedule not in ('constant', 'cosine'):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {train_cfg.lr_schedule!r}")
         if pr == 'fp16' and self.device.type != 'cuda': raise ValueError("fp16 needs a GPU; use 'bf16' on the CPU")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=(pr == 'fp16'))
-        self.step = 0; self.best = math.inf
+        self.step = 0; self.best = math.inf; self._last_bad = False
         self.history = []
 
     # -- which modules train in which stage
@@ -269,7 +292,8 @@ class Trainer:
                 if name == 'fine' and self.mcfg.relativistic: l = relativistic_g_loss(a.float(), b.float(), kind)
                 else: l = adversarial_g_loss(b.float(), kind)
                 logs[f'g_adv_{name}'] = l; adv = adv + l
-            g_loss = rec + self.lcfg.adversarial * adv
+            adv_w = self.lcfg.adversarial if self.step >= self.tcfg.adv_warmup else 0.
+            g_loss = rec + adv_w * adv
             if self.stage == 'joint':
                 rec1, r1 = reconstruction_loss(out['coarse'].float(), image, mask, self.lcfg, self.vgg)
                 logs.update({f'g1_{k}': v for k, v in r1.items()}); g_loss = g_loss + rec1
@@ -299,16 +323,26 @@ class Trainer:
                 'model': self.model.state_dict(), 'discs': self.discs.state_dict(),
                 'opt_g': self.opt_g.state_dict(), 'opt_d': self.opt_d.state_dict(), 'scaler': self.scaler.state_dict(),
                 'rng': _rng_state(), 'model_cfg': self.mcfg.to_dict(), 'loss_cfg': self.lcfg.to_dict(),
-                'train_cfg': self.tcfg.to_dict(), 'code_version': code_version()}
+                'train_cfg': self.tcfg.to_dict(), 'precision_choice': self.precision_choice.to_dict(),
+                'data': self.data_info, 'code_version': code_version()}
 
     def save(self, name='last.pt', sync: bool = False):
         "Rank 0 writes the checkpoint; with `sync`, every rank waits for it (the next stage reads `last.pt`)."
-        if self.rank == 0: atomic_save(self.state_dict(), self.out / name)
+        if self.rank == 0:
+            p = self.out / name
+            if name == 'last.pt' and p.exists() and not self._last_bad:   # keep the previous one until the new one is written
+                keep = self.out / 'last.prev.pt'; tmp = self.out / '.last.prev.tmp'
+                tmp.unlink(missing_ok=True)
+                try: os.link(p, tmp)
+                except OSError: import shutil; shutil.copy2(p, tmp)
+                os.replace(tmp, keep)
+            atomic_save(self.state_dict(), p)
+            if name == 'last.pt': self._last_bad = False
         if sync and self.world > 1: dist.barrier()
 
     def load(self, path):
-        "Restore everything from a checkpoint of this same stage and configuration."
-        ck = torch.load(path, map_location='cpu', weights_only=True)
+        "Restore everything from a checkpoint (a path or a loaded dict) of this same stage and configuration."
+        ck = path if isinstance(path, dict) else torch.load(path, map_location='cpu', weights_only=True)
         check_compatible(ck, self.mcfg, self.stage, stage1_only=(self.stage == 'coarse'))
         if self.stage == 'coarse':   # a stage-1 run is shared by configurations that differ only in stage 2
             _load_parts(self.model, ck['model'], ('coarse.',)); _load_parts(self.discs, ck['discs'], ('global.', 'local.'))
@@ -345,18 +379,37 @@ class Trainer:
             until: int | None = None, # stop (with a checkpoint) at this step, as an interruption would
            ):
         "Train this stage to its step count; returns the path of `last.pt`."
+        with (run_lock(self.out) if self.rank == 0 else contextlib.nullcontext()):
+            return self._fit(resume, until)
+
+    def _resume_from(self, last: Path):
+        "The checkpoint to resume from: `last.pt`, or (when it cannot be read) the previous one, with a warning."
+        try: return torch.load(last, map_location='cpu', weights_only=True), last
+        except Exception as e: err = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        for alt in (self.out / 'last.prev.pt', self.out / 'best.pt'):
+            if alt.exists():
+                try: ck = torch.load(alt, map_location='cpu', weights_only=True)
+                except Exception: continue
+                self._last_bad = True   # never keep the unreadable file as 'previous'
+                warnings.warn(f"cannot read {last} ({err}); resuming from {alt.name} (step {ck.get('step')}) instead", stacklevel=3)
+                return ck, alt
+        raise UserError(f"cannot read the checkpoint {last} ({err}) and no readable last.prev.pt or best.pt is beside it; "
+                        "start this run over with --no-resume (or delete the folder)")
+
+    def _fit(self, resume, until):
         stop = self.tcfg.steps(self.stage)
         last = self.out / 'last.pt'
-        if resume and last.exists():
-            ck = torch.load(last, map_location='cpu', weights_only=True)
+        if resume and (last.exists() or (self.out / 'last.prev.pt').exists()):
+            ck, src = self._resume_from(last)
             check_compatible(ck, self.mcfg, self.stage, stage1_only=(self.stage == 'coarse'))
-            if ck['step'] >= stop:       # finished earlier: nothing to do
+            if ck['step'] >= stop and src == last:       # finished earlier: nothing to do
                 self.step = ck['step']; return last
-            self.load(last)
+            self.load(ck)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(self.out / 'train_cfg.json', lambda p: Path(p).write_text(json.dumps(
-                {'stage': self.stage, 'model': self.mcfg.to_dict(), 'loss': self.lcfg.to_dict(), 'train': self.tcfg.to_dict()}, indent=1)))
+                {'stage': self.stage, 'model': self.mcfg.to_dict(), 'loss': self.lcfg.to_dict(), 'train': self.tcfg.to_dict(),
+                 'precision_choice': self.precision_choice.to_dict(), 'data': self.data_info}, indent=1)))
         if self.step >= stop: return last
         logf = self.out / 'losses.csv'
         if self.rank == 0 and logf.exists():   # drop rows past the checkpoint (they are re-run identically)
@@ -377,6 +430,7 @@ class Trainer:
             self._set_lr()
             logs = self.train_step(image, mask)
             self.step += 1
+            if self.on_step: self.on_step(1)
             rows.append({'stage': self.stage, 'step': self.step - 1, 'time': time.time() - t0, **logs, 'val_hole_l1': float('nan')})
             if self.step % self.tcfg.log_every == 0 or self.step == stop:
                 bar.set_postfix({k: f'{logs[k]:.3f}' for k in ('g_total', 'd_total', 'g_hole') if k in logs}); bar.update(self.step - bar.n)
@@ -444,46 +498,13 @@ def load_model(path, device=None, model_cfg: ModelCfg | None = None):
 
 # %% ../nbs/12_train.ipynb #d5bfc1af
 def train_stages(model_cfg, loss_cfg, train_cfg, dataset, out_dir, stages=('coarse', 'fine'), val_dataset=None,
-                 device=None, resume=True, init=None, progress=True):
+                 device=None, resume=True, init=None, progress=True, data_info=None):
     "Train the given stages in order, each starting from the previous one's `last.pt`; returns {stage: checkpoint}."
     out, ckpts, vgg = Path(out_dir), {}, None
     for st in stages:
         t = Trainer(model_cfg, loss_cfg, train_cfg, dataset, out / st, stage=st, init=init, val_dataset=val_dataset,
-                    vgg=vgg, device=device, progress=progress)
+                    vgg=vgg, device=device, progress=progress, data_info=data_info)
         vgg = t.vgg
         init = ckpts[st] = t.fit(resume=resume)
     return ckpts
 
-def main(argv=None):
-    "Console entry point: `twostage-train`."
-    import argparse
-    p = argparse.ArgumentParser(prog='twostage-train', description='Train a twostage model (both stages).')
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument('--experiment', help='a named experiment of twostage.experiments (e.g. full, t6_row1)')
-    g.add_argument('--config', help="a JSON file with 'model', 'loss' and 'train' entries")
-    p.add_argument('--profile', default='cpu', help='smoke | cpu | gpu (with --experiment)')
-    p.add_argument('--data', help='faces: a CelebA folder or any image folder (default: $TWOSTAGE_DATA or the bundled faces)')
-    p.add_argument('--out', help='output folder (default: runs/)')
-    p.add_argument('--stages', default='coarse,fine', help='comma-separated stages: coarse,fine[,joint]')
-    p.add_argument('--device', help='cpu, cuda, cuda:1 ...')
-    p.add_argument('--no-resume', action='store_true', help='start over instead of resuming from last.pt')
-    a = p.parse_args(argv)
-    rank, world = maybe_init_distributed(a.device)
-    from twostage import experiments as X
-    if a.experiment:
-        res = X.train_experiment(X.get_experiment(a.experiment), X.get_profile(a.profile), data=a.data, runs=a.out,
-                                 device=a.device, resume=not a.no_resume)
-    else:
-        from twostage.data import load_faces
-        spec = json.loads(Path(a.config).read_text())
-        mcfg, lcfg, tcfg = ModelCfg.from_dict(spec['model']), LossCfg.from_dict(spec.get('loss', {})), TrainCfg.from_dict(spec.get('train', {}))
-        faces = load_faces(a.data, size=tcfg.size, seed=tcfg.seed)
-        out = Path(a.out or 'runs') / f'config-{stable_hash([mcfg.to_dict(), lcfg.to_dict(), tcfg.to_dict()])}'
-        res = train_stages(mcfg, lcfg, tcfg, faces.dataset('train', cache=True), out, stages=a.stages.split(','),
-                           val_dataset=faces.dataset('val'), device=a.device, resume=not a.no_resume)
-    if rank == 0: print(json.dumps({k: str(v) for k, v in res.items()}, indent=1))
-    if world > 1: dist.destroy_process_group()
-
-# %% ../nbs/12_train.ipynb #1cb49286
-#| eval: false
-if __name__ == '__main__': main()

@@ -11,7 +11,8 @@ from ..core import check_batch
 from ..attention import Registry, build_attention
 
 # %% auto #0
-__all__ = ['NORMS', 'ATTN_PLACES', 'build_norm', 'count_params', 'ConvBlock', 'ResBlock', 'UpBlock', 'CoarseGenerator']
+__all__ = ['NORMS', 'PREFILLS', 'ATTN_PLACES', 'build_norm', 'count_params', 'ConvBlock', 'ResBlock', 'UpBlock', 'pull_push_fill',
+           'CoarseGenerator']
 
 # %% ../../nbs/04_models.coarse.ipynb #50a6a429
 NORMS = Registry('norm kind',
@@ -68,6 +69,21 @@ class UpBlock(nn.Module):
         if self.cskip: x = torch.cat([x, skip], 1)
         return self.attn(self.conv(x))
 
+# %% ../../nbs/04_models.coarse.ipynb #25fd6014
+PREFILLS = ('none', 'pullpush')
+
+def pull_push_fill(x: torch.Tensor,    # B x C x H x W, holes may hold anything
+                   mask: torch.Tensor, # B x 1 x H x W, 1 = hole
+                  ) -> torch.Tensor:   # B x C x H x W: known pixels kept, holes filled smoothly
+    "Push-pull interpolation: fill the holes of `x` from a pyramid of mask-weighted means of its known pixels."
+    w = 1 - mask.float()
+    if x.shape[-1] <= 1 or x.shape[-2] <= 1: return x * w   # the top of the pyramid (no data-dependent branch: exportable)
+    xs = F.avg_pool2d(x * w, 2, ceil_mode=True); ws = F.avg_pool2d(w, 2, ceil_mode=True)
+    coarse = xs / ws.clamp(min=1e-6)                                  # mean of the known pixels below
+    coarse = pull_push_fill(coarse, (ws <= 1e-6).to(mask.dtype))      # recurse: fill what is still empty
+    up = F.interpolate(coarse, size=x.shape[-2:], mode='bilinear', align_corners=False)
+    return x * w + up * (1 - w)
+
 # %% ../../nbs/04_models.coarse.ipynb #bdc18f57
 ATTN_PLACES = ('bottleneck', 'decoder')
 
@@ -88,6 +104,7 @@ class CoarseGenerator(nn.Module):
                  n_res: int = 2, # residual blocks at the bottleneck
                  max_mult: int = 8, # widths are capped at base * max_mult
                  in_ch: int = 4, # masked RGB + mask
+                 prefill: str = 'none', # 'none' (the paper) | 'pullpush': start the holes from `pull_push_fill`, predict a residual over it
                 ):
         super().__init__()
         at, chs = _places(attn_at), [min(base * 2 ** i, base * max_mult) for i in range(depth + 1)]
@@ -100,13 +117,19 @@ class CoarseGenerator(nn.Module):
             UpBlock(chs[i + 1], chs[i] if skips else 0, chs[i], norm, attention if 'decoder' in at and i > 0 else 'none')
             for i in reversed(range(depth)))
         self.head = nn.Conv2d(chs[0], 3, 3, padding=1)
+        if prefill not in PREFILLS: raise ValueError(f"unknown prefill {prefill!r}; valid: {PREFILLS}")
+        self.prefill = prefill
+        if prefill != 'none': nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)  # starts as the smooth fill
 
     def forward(self, masked, # B x 3 x H x W, holes set to 0
                 mask, # B x 1 x H x W, 1 = hole
                ): # -> B x 3 x H x W in [-1, 1]
         check_batch(masked, mask, self.multiple)
+        if self.prefill != 'none':
+            with torch.no_grad(): masked = masked + mask * pull_push_fill(masked, mask)
         feats = [self.stem(torch.cat([masked, mask], 1))]
         for down in self.downs: feats.append(down(feats[-1]))
         x = self.mid_attn(self.mid(feats.pop()))
         for up in self.ups: x = up(x, feats.pop())
+        if self.prefill != 'none': return (masked + self.head(x)).clamp(-1, 1)
         return torch.tanh(self.head(x))

@@ -11,15 +11,17 @@ import torch
 from torch import nn
 from ..core import check_batch, masked_input, composite, stable_hash, figures_dir, atomic_write
 from ..attention import ATTENTION, attention_maps, keep_attention_maps
-from .coarse import NORMS, ATTN_PLACES, CoarseGenerator, count_params
+from .coarse import NORMS, ATTN_PLACES, PREFILLS, CoarseGenerator, count_params
 from .fine import FineNet
 from .discriminators import PatchDiscriminator, LocalDiscriminator, RelativisticDiscriminator
 
 # %% auto #0
-__all__ = ['PAPER_CFG', 'LITE_CFG', 'TINY_CFG', 'STAGES', 'ModelCfg', 'TwoStage', 'build_model', 'build_discriminators',
-           'param_counts', 'architecture_table', 'fig_architecture', 'save_architecture']
+__all__ = ['LATER_FIELDS', 'PAPER_CFG', 'LITE_CFG', 'TINY_CFG', 'STAGES', 'ModelCfg', 'TwoStage', 'build_model',
+           'build_discriminators', 'param_counts', 'architecture_table', 'fig_architecture', 'save_architecture']
 
 # %% ../../nbs/08_models.twostage.ipynb #854f5268
+LATER_FIELDS = {'coarse_prefill': 'none'}   # field -> default; left out of hashes at the default
+
 @dataclass(frozen=True)
 class ModelCfg:
     "Everything that defines the generators and discriminators; frozen, hashable, JSON round-trippable."
@@ -30,6 +32,7 @@ class ModelCfg:
     coarse_attn_at: tuple = ('bottleneck', 'decoder') # where the coarse attention sits
     coarse_norm: str = 'batch'       # coarse normalisation ('batch', 'instance', 'none')
     coarse_res: int = 2              # residual blocks at the coarse bottleneck
+    coarse_prefill: str = 'none'     # 'none' (the paper) | 'pullpush': holes start from a smooth fill, U-Net predicts a residual
     fine_base: int = 64              # fine network width of the first level
     fine_depth: int = 3              # fine stride-2 levels: 256 px -> 32 x 32 for the FEM stack
     fine_skips: bool = True          # fine encoder-decoder skips
@@ -54,6 +57,7 @@ class ModelCfg:
         for name in ('coarse_norm', 'fine_norm'): NORMS[getattr(self, name)]
         bad = [a for a in self.coarse_attn_at if a not in ATTN_PLACES]
         if bad: raise ValueError(f"coarse_attn_at: unknown place(s) {bad}; valid: {ATTN_PLACES}")
+        if self.coarse_prefill not in PREFILLS: raise ValueError(f"coarse_prefill: unknown {self.coarse_prefill!r}; valid: {PREFILLS}")
         if not 0 < self.local_crop <= 1: raise ValueError(f"local_crop must be in (0, 1], got {self.local_crop}")
 
     def to_dict(self) -> dict:
@@ -69,9 +73,12 @@ class ModelCfg:
     def to_json(self) -> str: return json.dumps(self.to_dict(), sort_keys=True)
     @classmethod
     def from_json(cls, s: str) -> ModelCfg: return cls.from_dict(json.loads(s))
+    def key_dict(self) -> dict:
+        "`to_dict` without the fields added after the first release while they hold their default: old keys stay valid."
+        return {k: v for k, v in self.to_dict().items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     def hash(self) -> str:
         "Stable short hash of the configuration (`core.stable_hash`): names checkpoints and result rows."
-        return stable_hash(self.to_dict())
+        return stable_hash(self.key_dict())
     @property
     def multiple(self) -> int:
         "Image sides must be multiples of this."
@@ -121,7 +128,7 @@ class TwoStage(nn.Module):
 def build_model(cfg: ModelCfg = PAPER_CFG) -> TwoStage:
     "The generators described by `cfg`."
     coarse = CoarseGenerator(cfg.coarse_base, cfg.coarse_depth, cfg.coarse_skips, cfg.coarse_attention,
-                             cfg.coarse_attn_at, cfg.coarse_norm, n_res=cfg.coarse_res)
+                             cfg.coarse_attn_at, cfg.coarse_norm, n_res=cfg.coarse_res, prefill=cfg.coarse_prefill)
     fine = FineNet(cfg.fine_base, cfg.fine_depth, cfg.n_fem, cfg.fem, cfg.fem_scales, cfg.fine_skips,
                    cfg.fine_attention, cfg.fine_norm, residual=cfg.fine_residual)
     return TwoStage(coarse, fine)

@@ -1,0 +1,144 @@
+"ONNX export: parity with PyTorch on a real face, dynamic batch, size checks, the twostage-export command, and no training code on the way."
+import shutil, subprocess, sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip('onnxruntime', reason='ONNX export tests need onnxruntime: pip install "twostage[onnx]"')
+pytest.importorskip('onnx', reason='ONNX export tests need onnx: pip install "twostage[onnx]"')
+
+from twostage.export import export_onnx, load_onnx, parity, probe_pair, main, PARITY_TOL
+from twostage.models.twostage import build_model, LITE_CFG, TINY_CFG
+
+torch.set_num_threads(1)
+FACE = Path(__file__).resolve().parents[1].parent / 'shared' / 'faces' / 'celeba' / 'img' / '202599.jpg'
+RELEASE_CFG = replace(LITE_CFG, coarse_norm='none', fine_residual=True)  # the shipped model's configuration
+PULLPUSH_CFG = replace(RELEASE_CFG, coarse_prefill='pullpush')          # the pull-push prefill option
+
+
+def seeded_model(cfg, seed=0):
+    "A seeded random generator in eval mode, with random output heads (pullpush / residual heads start at zero: parity would be trivial)."
+    torch.manual_seed(seed)
+    m = build_model(cfg).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for h in (m.coarse.head, m.fine.head): h.weight.copy_(torch.randn(h.weight.shape, generator=g) * 0.05)
+    return m
+
+
+@pytest.fixture(scope='module')
+def face():
+    from twostage.data import load_image
+    from twostage.core import pil_to_tensor
+    from twostage.masks import mask_batch
+    assert FACE.exists(), f"the real test face is missing: {FACE}"
+    x = pil_to_tensor(load_image(FACE))[None]
+    assert x.shape == (1, 3, 128, 128)
+    return x, mask_batch('medium', 1, 128, rng=0)
+
+
+@pytest.mark.parametrize('name,cfg', [('release', RELEASE_CFG), ('pullpush', PULLPUSH_CFG), ('tiny', TINY_CFG)])
+def test_export_parity_on_a_real_face(name, cfg, face, tmp_path):
+    m = seeded_model(cfg)
+    with torch.no_grad(): assert m.fine.head.weight.abs().sum() > 0
+    p = export_onnx(m, tmp_path / f'{name}.onnx', 128, model_cfg=cfg)
+    inp = load_onnx(p, threads=1)
+    assert inp.model_cfg == cfg and inp.size == 128 and inp.stage == 'both'
+    d = parity(m, inp, *face)
+    assert d <= PARITY_TOL, d
+    # the network really contributes: the ONNX output differs from a plain copy of the known pixels
+    out = inp(*face)['out']
+    assert float(((out - face[0]).abs() * face[1]).max()) > 0.01
+
+
+def test_dynamic_batch_and_wrong_size(tmp_path):
+    m = seeded_model(TINY_CFG)
+    inp = load_onnx(export_onnx(m, tmp_path / 'b1.onnx', 32), threads=1)   # traced with batch 1
+    x, k = probe_pair(32, batch=2, seed=3)
+    out = inp(x, k)['out']
+    assert out.shape == (2, 3, 32, 32)
+    with torch.no_grad(): ref = m(x, k)['out']
+    assert float((out - ref).abs().max()) <= PARITY_TOL
+    with pytest.raises(ValueError, match=r'exported for 32 x 32 images, got 64 x 64.*--dynamic-size'):
+        inp(*probe_pair(64))
+
+
+def test_dynamic_size_pullpush(tmp_path):
+    m = seeded_model(replace(TINY_CFG, coarse_prefill='pullpush', coarse_norm='none', fine_residual=True))
+    inp = load_onnx(export_onnx(m, tmp_path / 'dyn.onnx', 32, dynamic_size=True), threads=1)
+    for s in (16, 32, 64):
+        assert parity(m, inp, *probe_pair(s, seed=s)) <= PARITY_TOL, s
+
+
+def _tiny_release(folder: Path) -> Path:
+    from twostage.release import export_release
+    from twostage.core import atomic_save
+    m = seeded_model(TINY_CFG)
+    ck = folder / 'last.pt'
+    atomic_save({'stage': 'fine', 'model': m.state_dict(), 'model_cfg': TINY_CFG.to_dict(), 'train_cfg': {'size': 32}}, ck)
+    export_release(ck, folder=folder)
+    return ck
+
+
+def test_cli_release_overwrite_and_checkpoint(tmp_path, capsys):
+    ck = _tiny_release(tmp_path)
+    out = tmp_path / 'release.onnx'
+    assert main(['--onnx', str(out), '--release-dir', str(tmp_path)]) == 0
+    so = capsys.readouterr().out
+    assert out.exists() and str(out) in so and '32 x 32' in so and 'max abs diff' in so, so
+    d = float(so.split('max abs diff')[1].split()[0])
+    assert d <= PARITY_TOL
+    before = out.read_bytes()
+    with pytest.raises(SystemExit) as e: main(['--onnx', str(out), '--release-dir', str(tmp_path)])
+    assert e.value.code == 2
+    assert 'pass --overwrite' in capsys.readouterr().err
+    assert out.read_bytes() == before
+    with pytest.raises(SystemExit) as e: main(['--onnx', str(tmp_path / 'x.onnx'), '--checkpoint', str(tmp_path / 'missing.pt')])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"twostage-export: error: checkpoint not found: {tmp_path / 'missing.pt'}"], err
+    assert not (tmp_path / 'x.onnx').exists()
+    # a trainer checkpoint, at another size, coarse stage only
+    assert main(['--onnx', str(tmp_path / 'c.onnx'), '--checkpoint', str(ck), '--size', '64', '--stage', 'coarse']) == 0
+    inp = load_onnx(tmp_path / 'c.onnx')
+    assert (inp.size, inp.stage, inp.model_cfg) == (64, 'coarse', TINY_CFG)
+
+
+def test_cli_missing_release_is_one_clear_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e: main(['--onnx', str(tmp_path / 'r.onnx'), '--release-dir', str(tmp_path / 'empty')])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'released weights' in err[0] and 'missing' in err[0] and '--checkpoint' in err[0], err
+
+
+def test_console_script_and_no_training_code(tmp_path):
+    _tiny_release(tmp_path)
+    exe = shutil.which('twostage-export', path=str(Path(sys.executable).parent))
+    assert exe, "the twostage-export console script is not installed (pip install -e .)"
+    r = subprocess.run([exe, '--onnx', str(tmp_path / 'r.onnx'), '--release-dir', str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0 and (tmp_path / 'r.onnx').exists(), r.stderr[-800:]
+    code = ("import sys; import twostage.export;"
+            "bad = [k for k in sys.modules if k in ('twostage.train', 'twostage.experiments', 'twostage.reproduce')];"
+            "assert not bad, bad")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-800:]
+
+
+def test_inpaint_backend_onnxruntime_matches_torch(tmp_path):
+    "twostage-inpaint --backend onnxruntime fills the same hole as the torch backend (the model exported on the fly)."
+    import numpy as np
+    from PIL import Image
+    from twostage.inpaint import tiny_checkpoint, main as inpaint_main
+    ck = tiny_checkpoint(tmp_path / 'tiny.pt', size=32)
+    Image.fromarray(np.random.RandomState(0).randint(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / 'p.png')
+    m = np.zeros((48, 64), np.uint8); m[10:30, 20:40] = 255; Image.fromarray(m).save(tmp_path / 'm.png')
+    outs = {}
+    for b in ('torch', 'onnxruntime'):
+        code = inpaint_main(['--checkpoint', str(ck), '--image', str(tmp_path / 'p.png'), '--mask', str(tmp_path / 'm.png'),
+                             '--out', str(tmp_path / f'{b}.png'), '--backend', b])
+        assert code == 0
+        outs[b] = np.asarray(Image.open(tmp_path / f'{b}.png')).astype(int)
+    assert np.abs(outs['torch'] - outs['onnxruntime']).max() <= 1   # 8-bit rounding at most
+    assert (outs['torch'][10:30, 20:40] != np.asarray(Image.open(tmp_path / 'p.png'))[10:30, 20:40]).any()

@@ -1,0 +1,112 @@
+"Runs are never silently reused or mixed: data in the run identity, one trainer per folder, resume past a damaged last.pt, the precision recorded."
+import json, subprocess, sys, os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from twostage.experiments import main as train_main, get_profile, stage_keys, data_id, keep_min_side, EXPERIMENTS
+from twostage.models.twostage import TINY_CFG
+from twostage.train import TrainCfg
+
+torch.set_num_threads(1)
+
+
+def _faces(d: Path, n: int, seed: int, size: int = 32) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    for i in range(n):
+        Image.fromarray(rng.randint(0, 256, (size, size, 3), dtype=np.uint8)).save(d / f'{seed}_{i:03d}.png')
+    return d
+
+
+def _config(p: Path) -> Path:
+    p.write_text(json.dumps({'model': TINY_CFG.to_dict(), 'loss': {'perceptual': 0., 'style': 0.},
+                             'train': {'size': 32, 'batch_size': 2, 'steps_coarse': 2, 'steps_fine': 2, 'ckpt_every': 1,
+                                       'val_every': 2, 'sample_every': 0, 'n_val': 2, 'precision': 'fp32'}}))
+    return p
+
+
+def _run(argv, capsys):
+    try: code = train_main(argv)
+    except SystemExit as e: code = e.code
+    out = capsys.readouterr()
+    return code or 0, out.out, out.err
+
+
+def test_config_run_is_keyed_by_its_data(tmp_path, capsys):
+    cfg = _config(tmp_path / 'tiny.json')
+    a, b = _faces(tmp_path / 'a', 24, 0), _faces(tmp_path / 'b', 24, 1)
+    code, out_a, _ = _run(['--config', str(cfg), '--data', str(a), '--out', str(tmp_path / 'R')], capsys)
+    assert code == 0
+    code, out_b, _ = _run(['--config', str(cfg), '--data', str(b), '--out', str(tmp_path / 'R')], capsys)
+    assert code == 0
+    ca, cb = json.loads(out_a)['fine'], json.loads(out_b)['fine']
+    assert Path(ca).parents[1] != Path(cb).parents[1], (ca, cb)   # two runs, not the first one returned again
+    rec = json.loads((Path(cb).parent / 'train_cfg.json').read_text())
+    assert rec['data']['root'] == str(b.resolve()) and rec['data']['n_files'] == 24
+    ck = torch.load(cb, map_location='cpu', weights_only=True)
+    assert ck['data']['names_sha256'] == rec['data']['names_sha256']
+    assert ck['precision_choice']['precision'] == 'fp32' and ck['train_cfg']['precision'] == 'fp32'
+
+
+def test_config_with_unknown_key_is_refused(tmp_path, capsys):
+    cfg = tmp_path / 'typo.json'
+    cfg.write_text(json.dumps({'model': TINY_CFG.to_dict(), 'train': {'sizee': 3}}))
+    code, _, err = _run(['--config', str(cfg), '--data', str(_faces(tmp_path / 'a', 4, 0)), '--out', str(tmp_path / 'R')], capsys)
+    assert code == 2 and 'sizee' in err and "valid:" in err and 'Traceback' not in err
+
+
+def test_second_trainer_in_a_folder_is_refused(tmp_path):
+    from twostage.runtime import run_lock
+    cfg, faces = _config(tmp_path / 'tiny.json'), _faces(tmp_path / 'a', 8, 0)
+    out = tmp_path / 'R'
+    r = subprocess.run([sys.executable, '-m', 'twostage.experiments', '--config', str(cfg), '--data', str(faces), '--out', str(out)],
+                       capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stderr[-800:]
+    run = next(out.glob('config-*')) / 'coarse'
+    with run_lock(run):   # as a first trainer still running in it would
+        r = subprocess.run([sys.executable, '-m', 'twostage.experiments', '--config', str(cfg), '--data', str(faces), '--out', str(out)],
+                           capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 2, (r.returncode, r.stderr[-800:])
+    assert 'in use by another training process' in r.stderr and f'"pid": {os.getpid()}' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_damaged_last_pt_without_fallback_names_the_file(tmp_path, capsys):
+    cfg, faces = _config(tmp_path / 'tiny.json'), _faces(tmp_path / 'a', 8, 0)
+    code, out, _ = _run(['--config', str(cfg), '--data', str(faces), '--out', str(tmp_path / 'R'), '--stages', 'coarse'], capsys)
+    run = Path(json.loads(out)['coarse']).parent
+    for f in run.glob('*.pt'): f.write_bytes(f.read_bytes()[:100])
+    code, _, err = _run(['--config', str(cfg), '--data', str(faces), '--out', str(tmp_path / 'R'), '--stages', 'coarse'], capsys)
+    assert code == 2 and 'last.pt' in err and '--no-resume' in err and 'Traceback' not in err, err
+
+
+def test_precision_is_part_of_the_key():
+    p = get_profile('smoke')
+    m, l = p.model_cfg(EXPERIMENTS['t6_row9']), p.loss_cfg(EXPERIMENTS['t6_row9'])
+    k32 = stage_keys(m, l, replace(p.train, precision='fp32'), 'x')
+    k16 = stage_keys(m, l, replace(p.train, precision='bf16'), 'x')
+    assert k32['coarse'] != k16['coarse'] and k32['fine'] != k16['fine']
+
+
+def test_release_profile_trains_on_real_128px_faces_only(tmp_path):
+    _faces(tmp_path / 'f', 6, 0, size=96); _faces(tmp_path / 'f', 5, 1, size=128)
+    rel = get_profile('release')
+    assert rel.train.size == 128 and rel.min_side == 128 and rel.model_cfg(EXPERIMENTS['t6_row9']).fem
+    from twostage.data import load_faces
+    f = keep_min_side(load_faces(tmp_path / 'f', size=128, follow_partition=False), 128)
+    assert len(f.df) == 5 and all(i.startswith('1_') for i in f.df['id'])
+    assert data_id(f, rel) != data_id(load_faces(tmp_path / 'f', size=128, follow_partition=False), rel)
+
+
+@pytest.mark.parametrize('cls_path', ['twostage.models.twostage.ModelCfg', 'twostage.losses.LossCfg', 'twostage.train.TrainCfg'])
+def test_every_config_loader_is_strict(cls_path):
+    import importlib
+    mod, name = cls_path.rsplit('.', 1)
+    cls = getattr(importlib.import_module(mod), name)
+    with pytest.raises(ValueError, match=r"unknown .*'typo_field'.*valid:"):
+        cls.from_dict({'typo_field': 1})
+    assert cls.from_dict(cls().to_dict()) == cls()
