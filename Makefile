@@ -2,6 +2,7 @@
 #   make reproduce   create .venv, install, run the main job (cpu profile: train, evaluate, rebuild tables and figures)
 #   make test        create .venv, install, check notebooks/package/README are in sync, run every test
 #   make release     retrain the shipped 128 px model from scratch (release profile), evaluate it, rewrite twostage/assets/
+#   make demo        serve the demo notebook as a web page (Voilà) on 127.0.0.1:$(PORT) and print the address to open
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,6 +13,8 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PROFILE ?= cpu
 # auto: the precision that is fastest on this machine (fp32 on CPUs without native bf16); fp32 or bf16 to force one
 PRECISION ?= auto
+# make demo: the local port of the web page (a free one is used when it is taken)
+PORT ?= 8866
 STAMP := $(VENV)/.installed
 
 .PHONY: install reproduce release test check readme export clean-nbs smoke
@@ -21,7 +24,7 @@ $(STAMP): settings.ini setup.py
 	@echo "== creating $(VENV) and installing twostage (torch pair: $(TORCH_PINS))"
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e ".[dev,onnx]" $(TORCH_PINS)
+	$(PY) -m pip install -q -e ".[dev,onnx,demo]" $(TORCH_PINS)
 	touch $(STAMP)
 
 reproduce: install
@@ -32,6 +35,12 @@ release: install
 
 smoke: install
 	$(BIN)/twostage-reproduce --profile smoke
+
+# The demo notebook as a standalone web page (Voilà, the `demo` extra), the shipped release weights first;
+# loopback only (the page has no login); Ctrl-C stops it. See nbs/20_demo.ipynb, "The demo as a web page".
+.PHONY: demo
+demo: install
+	$(PY) -c "from twostage.demo import serve; serve(port=$(PORT))"
 
 # README.md is index.ipynb rendered to markdown (nbdev_readme needs quarto, which we do not require).
 readme: install

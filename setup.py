@@ -33,7 +33,8 @@ setuptools.setup(
     include_package_data=True,
     package_data={'twostage': ['assets/*.safetensors', 'assets/*.json']},   # the released weights
     install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'onnx': ['onnx', 'onnxruntime']},
+    extras_require={'dev': dev_requirements, 'onnx': ['onnx', 'onnxruntime'],
+                    'demo': ['voila>=0.5', 'selenium>=4.11']},   # make demo (web page) and its browser test
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

@@ -181,3 +181,83 @@ def test_figures_are_written(tmp_path):
     for fig, name in [(data.fig_faces(load_faces(root, size=16), n=3, size=16), 'faces.png'), (masks.fig_masks(size=32, n=2), 'masks.png')]:
         out = tmp_path / name; fig.savefig(out, dpi=60); plt.close(fig)
         assert out.stat().st_size > 1000
+
+
+# --- eyeframe: partial holes over the glasses, the rest of the frame visible ---------------------------------
+
+def test_eyeframe_hole_ratio_range_at_any_size():
+    for size, n in [(32, 100), (64, 300), (128, 300), (256, 40), ((48, 80), 100)]:
+        r = np.array([make_mask('eyeframe', size, s).mean() for s in range(n)])
+        assert r.shape == (n,) and make_mask('eyeframe', size, 0).shape == masks._hw(size)
+        assert 0.025 <= r.min() and r.max() <= 0.12 and 0.045 < r.mean() < 0.07, (size, r.min(), r.max(), r.mean())
+        if size in (64, 128): assert 0.03 <= r.min(), (size, r.min())     # drawn area 4-12 %, rasterised >= 3 %
+    for style in masks.EYEFRAME_STYLES:                                    # both styles honour the range
+        r = np.array([masks.eyeframe_mask(128, s, style=style).mean() for s in range(100)])
+        assert 0.035 <= r.min() and r.max() <= 0.12, style
+    with pytest.raises(ValueError, match='lens, stripes'): masks.eyeframe_mask(64, 0, style='blob')
+
+
+def test_eyeframe_is_deterministic_per_seed():
+    a = mask_batch('eyeframe', 8, 64, 11)
+    assert torch.equal(a, mask_batch('eyeframe', 8, 64, 11)) and not torch.equal(a, mask_batch('eyeframe', 8, 64, 12))
+    assert np.array_equal(make_mask('eyeframe', 96, 3), make_mask('eyeframe', 96, np.random.default_rng(3)))
+    assert len({a[i].numpy().tobytes() for i in range(8)}) == 8                       # masks of one batch differ
+
+
+def test_eyeframe_only_touches_the_eye_region():
+    for size in (37, 64, 128):
+        for s in range(150):
+            ys, xs = np.nonzero(make_mask('eyeframe', size, s))
+            assert ys.min() >= 0.25 * size and ys.max() < 0.66 * size, (size, s)   # nothing on the forehead or below the nose
+            assert xs.min() >= 0.19 * size and xs.max() < 0.81 * size, (size, s)   # nor at the sides (temples, outer rims)
+    lo = np.mean([np.nonzero(make_mask('eyeframe', 64, s, eye_y=0.3))[0].mean() for s in range(20)])
+    assert abs(lo / 64 - 0.3) < 0.03                                               # the eye row is an argument
+
+
+def _runs(cols):
+    "(start, stop) of each run of True in a 1-d boolean array."
+    d = np.diff(np.r_[0, cols.astype(int), 0]); return list(zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1)))
+
+
+def test_eyeframe_leaves_the_frame_visible_around_every_hole():
+    "Along the eye row, every hidden piece lies between visible pieces of the glasses span, whatever the style."
+    W = 200
+    for s in range(100):
+        for style in masks.EYEFRAME_STYLES:
+            m = masks.eyeframe_mask(W, s, style=style, tilt=0, jitter=0, shift=0)   # a face centred on W / 2
+            row = m[int(0.45 * W)] > 0; runs = _runs(row)
+            assert runs and runs[0][0] > 0.2 * W and runs[-1][1] < 0.8 * W, (s, style, runs)   # both ends of the frame visible
+            assert row[int(0.2 * W):int(0.8 * W)].mean() < 0.6                                # most of the frame stays visible
+            if style == 'lens':                  # the bridge and one lens: one run over the centre line, not symmetric
+                (a, b), = runs
+                near, far = sorted([W / 2 - a, b - W / 2])       # 0.04-0.1 past the bridge, 0.14-0.22 into the lens
+                assert 0.04 * W - 1 <= near <= 0.1 * W + 1 and 0.14 * W - 1 <= far <= 0.22 * W + 1, (s, a, b)
+            else:                                # 2-3 stripes with at least ~gap of visible frame between them
+                assert len(runs) in (2, 3) and all(c - b >= 0.05 * W - 1 for (_, b), (c, _) in zip(runs, runs[1:])), (s, runs)
+
+
+# digests of mask_batch(family, 3, 48, seed=0) taken before 'eyeframe' existed: adding a family changes no other
+OLD_FAMILIES = {'freeform': '47f947efa25b28f5', 'thin': '3e05f6d853cd6355', 'medium': '197960c7988b571f',
+                'thick': 'f1a958cedd886816', 'box': '4cfe4a8b556ca612', 'center': 'cbc62b6b5c0a1e9d',
+                'eyeband': '10c505ee0a6e093c', 'bucketed': '852bf65a04156b6e', 'mixed': 'ec983c5e831d5a1f'}
+
+
+def test_adding_eyeframe_shifts_no_other_family(tmp_path):
+    got = {f: hashlib.sha256(mask_batch(f, 3, 48, 0).numpy().tobytes()).hexdigest()[:16] for f in OLD_FAMILIES}
+    assert got == OLD_FAMILIES
+    assert 'eyeframe' in FAMILIES and 'eyeframe' not in masks.EVAL_FAMILIES and 'eyeframe' not in masks.MIX
+    a = write_eval_masks(tmp_path / 'a', 32, n_per_family=2, seed=4)                     # the default set
+    b = write_eval_masks(tmp_path / 'b', 32, families=('eyeframe',) + masks.EVAL_FAMILIES, n_per_family=2, seed=4)
+    pd.testing.assert_frame_equal(b[b.family != 'eyeframe'].reset_index(drop=True), a)
+    for f in a.file: assert (tmp_path / 'a' / f).read_bytes() == (tmp_path / 'b' / f).read_bytes(), f
+    assert (b.family == 'eyeframe').sum() == 2
+
+
+def test_fig_eyeframe_draws_masked_methods_and_real(tmp_path):
+    import matplotlib; matplotlib.use('Agg')
+    from twostage.figures import fig_eyeframe, save_figure
+    ims = torch.rand(6, 3, 48, 48) * 2 - 1; ms = mask_batch('eyeframe', 6, 48, 0)
+    fig = fig_eyeframe(ims, ms, {'a': ims, 'b': -ims, 'c': ims * 0}, n=4)
+    assert len(fig.axes) == 4 * 5 and [ax.get_title() for ax in fig.axes[:5]] == ['masked', 'a', 'b', 'c', 'real']
+    p = save_figure(fig, 'eyeframe', tmp_path); assert p.parent == tmp_path and p.stat().st_size > 1000
+    assert len(fig_eyeframe(ims, ms, n=10).axes) == 6 * 2                              # n clipped to the faces given

@@ -276,8 +276,10 @@ def main(argv=None):
     from twostage.inpaint import load_inpainter
     from twostage.core import stable_hash
     p = argparse.ArgumentParser(prog='twostage-eval', description='Evaluate a checkpoint under a fixed protocol.')
-    p.add_argument('--checkpoint', required=True, help='last.pt / best.pt written by twostage-train')
-    p.add_argument('--profile', default='cpu', help='protocol (faces, families, counts) of this profile')
+    p.add_argument('--checkpoint', default='release',
+                   help="last.pt / best.pt written by twostage-train (default: the shipped 128 px release model)")
+    p.add_argument('--profile', help="protocol (faces, families, counts) of this profile (default: 'release' for the shipped "
+                   "model, else 'cpu')")
     p.add_argument('--data', help="faces whose test split the profile draws from (default: $TWOSTAGE_DATA or the bundled faces)")
     p.add_argument('--faces', help="any folder of face images (CelebA-HQ, FFHQ, your own; searched recursively) instead of "
                    "the profile's test faces: ALL its images, sorted by name, unless --n-faces limits them (a CelebA folder "
@@ -307,8 +309,8 @@ def main(argv=None):
         if v is not None and v < 1: raise UserError(f"{flag} must be a positive number, got {v}")
     if a.faces and a.data: raise UserError("give --faces (any folder, all its faces) or --data (the profile's test split), not both")
     src = mask_source(a.masks)
-    prof = get_profile(a.profile)
     model, ck = load_inpainter(a.checkpoint, device=a.device)
+    prof = get_profile(a.profile or ('release' if 'release' in ck else 'cpu'))
     stage, note = eval_stage(ck.get('stage', 'fine'), a.stage)
     if note: _note(note)
     size, k = a.size or model.train_size, getattr(model, 'multiple', 1)

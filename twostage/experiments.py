@@ -189,7 +189,7 @@ def train_experiment(exp: Experiment, profile: Profile, data=None, runs=None, de
         out = root / ('stage1' if st == 'coarse' else 'stage2') / keys[st]
         t = Trainer(mcfg, lcfg, tcfg, train_ds, out, stage=st, init=init,
                     val_dataset=faces.dataset('val'), device=device, progress=progress, on_step=on_step,
-                    data_info={'id': did})
+                    data_info={'id': did}, precision_choice=choice)
         init = ckpts[st] = t.fit(resume=resume)
         if t.rank == 0:   # a stage-1 run is shared by several experiments: keep all their names
             old = json.loads((out / 'done.json').read_text()) if (out / 'done.json').exists() else {}
@@ -198,7 +198,7 @@ def train_experiment(exp: Experiment, profile: Profile, data=None, runs=None, de
             atomic_write(out / 'done.json', lambda p: Path(p).write_text(json.dumps(
                 {'experiment': names[0] if len(names) == 1 else 'shared by ' + ', '.join(names),
                  'experiments': names, 'stage': st, 'key': keys[st], 'steps': t.step, 'profile': profile.name,
-                 'data': did, 'precision': choice.to_dict()}, indent=1)))
+                 'data': did, **t.trained_with}, indent=1)))
     return ckpts
 
 # %% ../nbs/15_experiments.ipynb #921595f5

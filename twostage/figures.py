@@ -16,7 +16,7 @@ from .masks import BUCKETS
 
 # %% auto #0
 __all__ = ['save_figure', 'fig_qualitative', 'fig_metric_vs_bucket', 'fig_training_curves', 'attention_maps',
-           'fig_attention_maps', 'write_figures']
+           'fig_attention_maps', 'fig_eyeframe', 'write_figures']
 
 # %% ../nbs/19_figures.ipynb #c7bb0bf6
 def save_figure(fig, name: str, out_dir=None, dpi: int = 100) -> Path:
@@ -106,6 +106,26 @@ def fig_attention_maps(model, image, mask, max_maps: int = 6) -> plt.Figure:
     for ax, n in zip(axs[2:], names):
         ax.imshow(maps[n], cmap='magma'); ax.set_xticks([]); ax.set_yticks([])
         ax.set_title(n.replace('coarse.', 'c.').replace('fine.', 'f.')[-22:] + f'\n{maps[n].shape[0]}x{maps[n].shape[1]}', fontsize=6)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/19_figures.ipynb #844b696f
+def fig_eyeframe(images,                    # N x 3 x H x W faces with glasses in [-1, 1]
+                 masks,                     # N x 1 x H x W masks, 1 = hole (e.g. `mask_batch('eyeframe', N, H, seed)`)
+                 preds: dict | None = None, # method name -> N x 3 x H x W results in [-1, 1], one column each
+                 n: int = 4,                # faces shown (rows), at most N
+                ) -> plt.Figure:
+    "Faces with glasses under partial eye-frame holes, one per row: masked input, each method's result, the real face."
+    preds = dict(preds or {}); n = min(n, len(images))
+    if n < 1 or images.ndim != 4 or masks.shape[0] < n or masks.shape[-2:] != images.shape[-2:]:
+        raise ValueError(f"need N x 3 x H x W images and N x 1 x H x W masks, got {tuple(images.shape)} and {tuple(masks.shape)}")
+    for k, p in preds.items():
+        if p.shape[0] < n or p.shape[1:] != images.shape[1:]:
+            raise ValueError(f"prediction {k!r} has shape {tuple(p.shape)}; expected at least {n} x {' x '.join(map(str, images.shape[1:]))}")
+    cols = [('masked', masked_input(images[:n], masks[:n]) + masks[:n]), *((k, p[:n]) for k, p in preds.items()), ('real', images[:n])]
+    fig, axs = plt.subplots(n, len(cols), figsize=(1.3 * len(cols), 1.3 * n + 0.2), squeeze=False)
+    for c, (name, x) in enumerate(cols):
+        for r in range(n): _img(axs[r, c], x[r], name if r == 0 else None)
     fig.tight_layout()
     return fig
 

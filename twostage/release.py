@@ -45,7 +45,8 @@ def export_release(checkpoint,          # a stage-2 checkpoint written by the tr
     build_model(cfg).load_state_dict(ck['model'])   # refuse a checkpoint that does not fit its own configuration
     state = {k: v.detach().float().contiguous() for k, v in ck['model'].items()}
     w, r = release_paths(name, folder); w.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(w, lambda p: save_file(state, str(p), metadata={'format': 'twostage-generator', 'name': name}))
+    # one metadata entry: safetensors writes its metadata map in no fixed order, and the same weights must give the same sha256
+    atomic_write(w, lambda p: save_file(state, str(p), metadata={'twostage': f'generator {name}'}))
     rec = {'name': name, 'file': w.name, 'sha256': sha256_file(w), 'bytes': w.stat().st_size,
            'model_cfg': cfg.to_dict(), 'size': ck['train_cfg']['size'], 'train_cfg': ck['train_cfg'],
            'loss_cfg': ck.get('loss_cfg', {}), 'precision_choice': ck.get('precision_choice', {}),

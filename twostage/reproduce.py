@@ -151,6 +151,12 @@ def _train_seconds(losses_csv) -> float:
     ends = [i for i in range(len(t) - 1) if t[i + 1] < t[i]] + [len(t) - 1]
     return float(sum(t[i] for i in ends))
 
+def _run_record(ckpt_path) -> dict:
+    "How a stage run was trained (precision, threads), from its done.json; threads are missing from records before 0.1.1."
+    f = Path(ckpt_path).parent / 'done.json'
+    rec = json.loads(f.read_text()) if f.exists() else {}
+    return {'precision': rec.get('precision'), 'threads': rec.get('threads') or 'not recorded', 'capability': (rec.get('precision') or {}).get('capability')}
+
 def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, machine: dict, full: str = 't6_row9') -> dict:
     "The model card of a release run: data, steps, time, machine, recipe, and scores beside the peers (from the results)."
     tc = profile.train
@@ -165,7 +171,8 @@ def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, mac
         'data': {'root': str(faces.root), 'train_faces': len(faces.train), 'val_faces': len(faces.val), 'test_faces': len(faces.test),
                  'min_side': profile.min_side, 'split': 'CelebA partition' if profile.follow_partition else 'hash of the image id (seed 0)'},
         'steps': {'coarse': tc.steps_coarse, 'fine': tc.steps_fine, 'batch_size': tc.batch_size, 'size': tc.size},
-        'train_seconds': secs, 'machine': machine,
+        'train_seconds': secs,
+        'machine': {'training': {st: _run_record(p) for st, p in ckpt.items()}, 'evaluation': machine},
         'recipe': {'model': profile.model_cfg(EXPERIMENTS[full]).to_dict(), 'loss': profile.loss_cfg(EXPERIMENTS[full]).to_dict(),
                    'train': {k: v for k, v in tc.to_dict().items() if k not in ('log_every', 'sample_every', 'num_workers')}},
         'protocol': {'families': list(profile.families), 'n_test': profile.n_test, 'n_glasses': profile.n_glasses,

@@ -181,11 +181,13 @@ class Trainer:
                  progress: bool = True, # show a tqdm bar
                  on_step=None,          # called with 1 after every training step (e.g. `twostage.runtime.EtaMeter.update`)
                  data_info=None,        # what identifies the training data (recorded in train_cfg.json and the checkpoint)
+                 precision_choice=None, # the `PrecisionChoice` a caller already made for `train_cfg` (recorded as is); else made here
                 ):
         if stage not in STAGES: raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self.device = get_device(device)
-        train_cfg, self.precision_choice = resolve_precision(train_cfg, model_cfg, self.device,
-                                                             log=lambda m: tqdm.write(m) if progress else None)
+        if precision_choice is not None: self.precision_choice = precision_choice
+        else: train_cfg, self.precision_choice = resolve_precision(train_cfg, model_cfg, self.device,
+                                                                   log=lambda m: tqdm.write(m) if progress else None)
         self.mcfg, self.lcfg, self.tcfg, self.stage, self.on_step = model_cfg, loss_cfg, train_cfg, stage, on_step
         self.data_info = data_info
         if val_dataset is not None and len(val_dataset) == 0:
@@ -323,7 +325,7 @@ class Trainer:
                 'model': self.model.state_dict(), 'discs': self.discs.state_dict(),
                 'opt_g': self.opt_g.state_dict(), 'opt_d': self.opt_d.state_dict(), 'scaler': self.scaler.state_dict(),
                 'rng': _rng_state(), 'model_cfg': self.mcfg.to_dict(), 'loss_cfg': self.lcfg.to_dict(),
-                'train_cfg': self.tcfg.to_dict(), 'precision_choice': self.precision_choice.to_dict(),
+                'train_cfg': self.tcfg.to_dict(), 'precision_choice': self.precision_choice.to_dict(), 'threads': torch.get_num_threads(),
                 'data': self.data_info, 'code_version': code_version()}
 
     def save(self, name='last.pt', sync: bool = False):
@@ -398,12 +400,17 @@ class Trainer:
 
     def _fit(self, resume, until):
         stop = self.tcfg.steps(self.stage)
+        # how this run's steps were trained (for the run record): this process's choice, unless it had nothing to do
+        self.trained_with = {'precision': self.precision_choice.to_dict(), 'threads': torch.get_num_threads()}
         last = self.out / 'last.pt'
         if resume and (last.exists() or (self.out / 'last.prev.pt').exists()):
             ck, src = self._resume_from(last)
             check_compatible(ck, self.mcfg, self.stage, stage1_only=(self.stage == 'coarse'))
             if ck['step'] >= stop and src == last:       # finished earlier: nothing to do
-                self.step = ck['step']; return last
+                self.step = ck['step']
+                self.trained_with = {'precision': ck.get('precision_choice'), 'threads': ck.get('threads')}   # not today's choice
+                return last
+
             self.load(ck)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
