@@ -1,6 +1,7 @@
 # twostage: the two commands of the README, and the checks behind them.
 #   make reproduce   create .venv, install, run the main job (cpu profile: train, evaluate, rebuild tables and figures)
 #   make test        create .venv, install, check notebooks/package/README are in sync, run every test
+#   make seeds       after make reproduce: stage 2 of rows 9, 7 and 8 with two more seeds each (Table 6's training-noise floor)
 #   make release     retrain the shipped 128 px model from scratch (release profile), evaluate it, rewrite twostage/assets/
 #   make demo        serve the demo notebook as a web page (Voilà) on 127.0.0.1:$(PORT) and print the address to open
 SHELL := /bin/bash
@@ -17,7 +18,7 @@ PRECISION ?= auto
 PORT ?= 8866
 STAMP := $(VENV)/.installed
 
-.PHONY: install reproduce release test check readme export clean-nbs smoke
+.PHONY: install reproduce seeds release test check readme export clean-nbs smoke
 install: $(STAMP)
 
 $(STAMP): settings.ini setup.py
@@ -29,6 +30,11 @@ $(STAMP): settings.ini setup.py
 
 reproduce: install
 	$(BIN)/twostage-reproduce --profile $(PROFILE) --precision $(PRECISION)
+
+# The training noise of Table 6: six more stage-2 runs over the main job's cached stage 1 (about 20 min on the
+# 2-core machine of the README), then every table, verdict and figure again; the seed results stay in results_<profile>.csv.
+seeds: install
+	$(BIN)/twostage-reproduce --profile $(PROFILE) --precision $(PRECISION) --seeds
 
 release: install
 	$(BIN)/twostage-reproduce --profile release --precision $(PRECISION)

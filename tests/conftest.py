@@ -5,6 +5,11 @@ import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# precision='auto' remembers what it measured per machine (twostage.runtime.precision_memo_path): tests measure
+# afresh in a folder of their own instead of reading or writing the user's ~/.cache/twostage
+import tempfile
+os.environ['TWOSTAGE_CACHE'] = tempfile.mkdtemp(prefix='twostage-test-cache-')
+
 
 @pytest.fixture(scope='session')
 def tiny_cfg():

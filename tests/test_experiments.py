@@ -92,3 +92,26 @@ def test_readme_example_runs():
     assert blocks, 'the README has no python example'
     ns = {}
     for b in blocks: exec(compile(b, 'README.md', 'exec'), ns)
+
+
+def test_seed_repeats_share_stage1_and_keep_old_keys(faces32, tmp_path):
+    from twostage.experiments import SEEDS, SEED_ROWS
+    from twostage.train import stage_seed
+    prof = get_profile('smoke')
+    assert {e.name.rsplit('_seed', 1)[0] for e in SEEDS} == set(SEED_ROWS) and len(SEEDS) == 2 * len(SEED_ROWS)
+    keys = {e.name: stage_keys(prof.model_cfg(e), prof.loss_cfg(e), prof.train_cfg(e), 'data') for e in [EXPERIMENTS['t6_row9']] + SEEDS}
+    row9, s1, s2 = keys['t6_row9'], keys['t6_row9_seed1'], keys['t6_row9_seed2']
+    assert row9['coarse'] == s1['coarse'] == s2['coarse']                    # one stage 1 for every seed of a row
+    assert len({row9['fine'], s1['fine'], s2['fine']}) == 3                  # three different stage-2 runs
+    # the default fine_seed (0) leaves a configuration's keys as they were before the field existed
+    t = prof.train_cfg(EXPERIMENTS['t6_row9'])
+    assert 'fine_seed' not in t.key_dict() and 'fine_seed' in replace(t, fine_seed=1).key_dict()
+    assert stage_seed(t, 'fine') == stage_seed(t, 'coarse') == t.seed
+    t1 = prof.train_cfg(EXPERIMENTS['t6_row9_seed1'])
+    assert stage_seed(t1, 'coarse') == t.seed and stage_seed(t1, 'fine') != t.seed
+    # the seed changes what stage 2 starts from (the fine network's initialisation), not the data split
+    m = prof.model_cfg(EXPERIMENTS['t6_row9'])
+    outs = [Trainer(m, prof.loss_cfg(EXPERIMENTS['t6_row9']), replace(tc, size=32), faces32, tmp_path / str(i), stage='fine',
+                    progress=False).model.fine.state_dict() for i, tc in enumerate((t, t, t1))]
+    k = next(iter(outs[0]))
+    assert torch.equal(outs[0][k], outs[1][k]) and not torch.equal(outs[0][k], outs[2][k])

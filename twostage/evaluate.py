@@ -308,6 +308,7 @@ def main(argv=None):
     for flag, v in (('--n-faces', a.n_faces), ('--size', a.size), ('--limit', a.limit)):
         if v is not None and v < 1: raise UserError(f"{flag} must be a positive number, got {v}")
     if a.faces and a.data: raise UserError("give --faces (any folder, all its faces) or --data (the profile's test split), not both")
+    if a.profile: get_profile(a.profile)  # a mistyped name fails before anything is loaded
     src = mask_source(a.masks)
     model, ck = load_inpainter(a.checkpoint, device=a.device)
     prof = get_profile(a.profile or ('release' if 'release' in ck else 'cpu'))

@@ -21,9 +21,9 @@ from .core import UserError
 from .train import maybe_init_distributed
 
 # %% auto #0
-__all__ = ['FULL', 'FULL_LOSS', 'TABLE6_ROWS', 'TABLE6', 'STAGE1', 'EXPERIMENTS', 'SIZE_FIELDS', 'SMOKE_SIZES', 'CPU_CFG',
-           'RELEASE_CFG', 'PROFILES', 'Experiment', 'get_experiment', 'Profile', 'get_profile', 'stage_keys', 'data_id',
-           'plan_experiment', 'train_experiment', 'main']
+__all__ = ['FULL', 'FULL_LOSS', 'TABLE6_ROWS', 'TABLE6', 'STAGE1', 'SEED_ROWS', 'SEEDS', 'EXPERIMENTS', 'SIZE_FIELDS',
+           'SMOKE_SIZES', 'CPU_CFG', 'RELEASE_CFG', 'PROFILES', 'Experiment', 'get_experiment', 'Profile',
+           'get_profile', 'stage_keys', 'data_id', 'plan_experiment', 'train_experiment', 'main']
 
 # %% ../nbs/15_experiments.ipynb #a9c4c1c9
 FULL = PAPER_CFG
@@ -39,6 +39,7 @@ class Experiment:
     model: ModelCfg = FULL    # module switches (sizes come from the profile)
     loss: LossCfg = FULL_LOSS # loss weights
     stages: tuple = ('coarse', 'fine')  # stages this row trains; stage-1 rows stop after 'coarse'
+    train: tuple = ()         # TrainCfg changes over the profile's, as (field, value) pairs, e.g. (('fine_seed', 1),)
 
     @property
     def eval_stage(self): return 'coarse' if self.stages == ('coarse',) else 'both'
@@ -70,7 +71,10 @@ STAGE1 = [
     _s1('self_attention', 'self-attention (DANet-like) instead of CBAM-like attention', coarse_attention='self'),
     _s1('no_skips', 'no U-Net skip connections', coarse_skips=False),
 ]
-EXPERIMENTS = {e.name: e for e in TABLE6 + STAGE1}
+SEED_ROWS = ('t6_row9', 't6_row7', 't6_row8')   # the full model, without FEM, without the relativistic D
+SEEDS = [replace(e, name=f'{e.name}_seed{s}', table='seeds', train=(('fine_seed', s),))
+         for e in TABLE6 if e.name in SEED_ROWS for s in (1, 2)]   # with seed 0 (the row itself): three stage-2 seeds per row
+EXPERIMENTS = {e.name: e for e in TABLE6 + STAGE1 + SEEDS}
 EXPERIMENTS['full'] = TABLE6[-1]
 
 def get_experiment(name: str) -> Experiment:
@@ -112,8 +116,8 @@ class Profile:
         "The experiment's loss, with this profile's VGG layers (a cost choice of the CPU profiles)."
         return exp.loss if self.vgg_layers is None else replace(exp.loss, vgg_layers=self.vgg_layers)
     def train_cfg(self, exp: Experiment) -> TrainCfg:
-        if exp.table == 'stage1' and self.stage1_steps is not None: return replace(self.train, steps_coarse=self.stage1_steps)
-        return self.train
+        t = replace(self.train, steps_coarse=self.stage1_steps) if exp.table == 'stage1' and self.stage1_steps is not None else self.train
+        return replace(t, **dict(exp.train)) if exp.train else t
 
 SMOKE_SIZES = TINY_CFG
 CPU_CFG = replace(LITE_CFG, coarse_norm='none', fine_residual=True)   # the cpu profile's sizes and recipe
@@ -146,9 +150,10 @@ def stage_keys(mcfg: ModelCfg, lcfg: LossCfg, tcfg: TrainCfg, data_id: str) -> d
     "The cache keys of both stages of a run."
     m = mcfg.key_dict(); t = tcfg.key_dict()
     s1 = {k: v for k, v in m.items() if k not in STAGE2_FIELDS}
-    t1 = {k: v for k, v in t.items() if k not in ('steps_fine', 'steps_joint')}
+    t1 = {k: v for k, v in t.items() if k not in ('steps_fine', 'steps_joint', 'fine_seed')}   # what stage 1 never sees
     k1 = stable_hash(['stage1', s1, lcfg.to_dict(), t1, data_id])
-    k2 = stable_hash(['stage2', k1, {k: m[k] for k in STAGE2_FIELDS if k in m}, t['steps_fine'], t['steps_joint']])
+    k2 = stable_hash(['stage2', k1, {k: m[k] for k in STAGE2_FIELDS if k in m}, t['steps_fine'], t['steps_joint']]
+                     + ([t['fine_seed']] if 'fine_seed' in t else []))   # only a non-default seed enters: old keys stay valid
     return {'coarse': k1, 'fine': k2}
 
 def data_id(faces, profile: Profile | None = None) -> str:

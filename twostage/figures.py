@@ -15,8 +15,8 @@ from .core import to_01, masked_input, atomic_write, figures_dir
 from .masks import BUCKETS
 
 # %% auto #0
-__all__ = ['save_figure', 'fig_qualitative', 'fig_metric_vs_bucket', 'fig_training_curves', 'attention_maps',
-           'fig_attention_maps', 'fig_eyeframe', 'write_figures']
+__all__ = ['VERDICT_COLOURS', 'save_figure', 'fig_qualitative', 'fig_metric_vs_bucket', 'fig_training_curves', 'attention_maps',
+           'fig_attention_maps', 'fig_eyeframe', 'fig_claims', 'write_figures']
 
 # %% ../nbs/19_figures.ipynb #c7bb0bf6
 def save_figure(fig, name: str, out_dir=None, dpi: int = 100) -> Path:
@@ -127,6 +127,40 @@ def fig_eyeframe(images,                    # N x 3 x H x W faces with glasses i
     for c, (name, x) in enumerate(cols):
         for r in range(n): _img(axs[r, c], x[r], name if r == 0 else None)
     fig.tight_layout()
+    return fig
+
+# %% ../nbs/19_figures.ipynb #a9a5aa2e
+VERDICT_COLOURS = {'supported': 'tab:green', 'contradicted': 'tab:red', 'not resolved at this scale': 'tab:grey'}
+
+def fig_claims(c: pd.DataFrame,          # a `twostage.tables.claims` table
+               metrics=('psnr', 'ssim'),
+               title: str = '') -> plt.Figure:
+    "Per metric: our row - reference differences with 95 % intervals and the noise floor, and the paper's differences."
+    metrics = [m for m in metrics if m in set(c.metric)]
+    if not metrics: raise ValueError(f"no rows for metrics {metrics} in this claims table")
+    has_paper = c.paper_diff.notna().any()
+    fig, axs = plt.subplots(len(metrics), 2 if has_paper else 1, figsize=(10 if has_paper else 7, 0.45 * c.row.nunique() * len(metrics) + 1.2),
+                            squeeze=False)
+    for i, m in enumerate(metrics):
+        d = c[c.metric == m].reset_index(drop=True); y = np.arange(len(d))[::-1]
+        ax = axs[i, 0]
+        fl = d.noise_floor.dropna()
+        if len(fl): ax.axvspan(-fl.iloc[0], fl.iloc[0], color='0.9', label='training-noise floor')
+        ax.axvline(0, color='k', lw=0.8)
+        for yy, r in zip(y, d.itertuples()):
+            ax.errorbar(r.diff, yy, xerr=[[r.diff - r.diff_lo], [r.diff_hi - r.diff]], fmt='o', color=VERDICT_COLOURS[r.verdict], capsize=3)
+        ax.set_yticks(y); ax.set_yticklabels(d.row, fontsize=8)
+        ax.set_xlabel(f'ours: {m}, row - reference (95 % interval over faces)', fontsize=8)
+        if len(fl) and i == 0: ax.legend(fontsize=7, loc='lower right')
+        if has_paper:
+            ax2 = axs[i, 1]; ax2.axvline(0, color='k', lw=0.8)
+            ax2.barh(y, d.paper_diff, color=[VERDICT_COLOURS[v] for v in d.verdict], alpha=0.6)
+            ax2.set_yticks(y); ax2.set_yticklabels([]); ax2.set_xlabel(f'paper: {m}, row - row 9', fontsize=8)
+    handles = [plt.Line2D([], [], marker='o', ls='', color=col, label=v) for v, col in VERDICT_COLOURS.items()]
+    h = fig.get_figheight(); top = 1 - 0.75 / h                      # room for the title and the legend, in inches
+    if title: fig.suptitle(title, fontsize=10, y=1 - 0.12 / h)
+    fig.legend(handles=handles, loc='upper center', bbox_to_anchor=(0.5, 1 - 0.35 / h), ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, top))
     return fig
 
 # %% ../nbs/19_figures.ipynb #313c3ba8

@@ -5,14 +5,15 @@
 # %% ../nbs/21_runtime.ipynb #d453f38e
 from __future__ import annotations
 import os, sys, json, time, socket, hashlib, statistics, contextlib
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 import torch
 from .core import get_device, UserError
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'cpu_capability', 'native_bf16', 'PrecisionChoice', 'probe_step_time', 'choose_precision', 'EtaMeter',
-           'RunLocked', 'run_lock', 'data_fingerprint']
+__all__ = ['PRECISIONS', 'WIDTH_FIELDS', 'cpu_capability', 'native_bf16', 'PrecisionChoice', 'probe_step_time',
+           'precision_memo_path', 'machine_key', 'choose_precision', 'EtaMeter', 'RunLocked', 'run_lock',
+           'data_fingerprint']
 
 # %% ../nbs/21_runtime.ipynb #77705de2
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
@@ -68,6 +69,37 @@ def probe_step_time(module: torch.nn.Module,  # a generator taking (masked image
     return statistics.median(times[1:])
 
 _CHOICES = {}
+WIDTH_FIELDS = ('coarse_base', 'coarse_depth', 'fine_base', 'fine_depth', 'n_fem')   # what sets the cost of a step
+
+def precision_memo_path() -> Path:
+    "Where `choose_precision` remembers its measured choices: `$TWOSTAGE_CACHE/precision.json` (default ~/.cache/twostage)."
+    return Path(os.environ.get('TWOSTAGE_CACHE') or Path.home() / '.cache' / 'twostage') / 'precision.json'
+
+def machine_key(dev, cap: str, cfg, size: int) -> str:
+    "What a measured choice depends on: device, CPU capability or GPU, torch version, the model's widths, the image side."
+    w = ','.join(f"{k}={getattr(cfg, k)}" for k in WIDTH_FIELDS if hasattr(cfg, k))
+    return f"{dev}|{cap}|torch {torch.__version__}|{w}|{size}px"
+
+def _remembered(mkey: str):
+    p = precision_memo_path()
+    try: d = json.loads(p.read_text()).get(mkey)
+    except (OSError, ValueError): return None
+    if not d: return None
+    d = dict(d); when = d.pop('measured', '?')
+    try: ch = PrecisionChoice(**d)
+    except TypeError: return None
+    return replace(ch, reason=f"{ch.reason}; measured {when}, remembered in {p} (delete it to measure again)")
+
+def _remember(mkey: str, ch: 'PrecisionChoice'):
+    p = precision_memo_path()
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        try: d = json.loads(p.read_text())
+        except (OSError, ValueError): d = {}
+        d[mkey] = {**ch.to_dict(), 'measured': time.strftime('%Y-%m-%d %H:%M')}
+        tmp = p.with_name(p.name + f'.{os.getpid()}.tmp'); tmp.write_text(json.dumps(d, indent=1)); os.replace(tmp, p)
+    except OSError: pass   # a read-only home: measure again next time
+
 def choose_precision(model_cfg=None,      # a ModelCfg whose coarse generator is timed (default: LITE_CFG)
                      device=None,
                      requested: str = 'auto', # 'auto', or a concrete precision (returned as is)
@@ -91,13 +123,15 @@ def choose_precision(model_cfg=None,      # a ModelCfg whose coarse generator is
     cfg = model_cfg or LITE_CFG
     key = (str(dev), cfg.hash(), size)
     if key in _CHOICES: return _CHOICES[key]
-    if dev.type == 'cuda':
-        bf = torch.cuda.is_bf16_supported()
-        ch = PrecisionChoice('bf16' if bf else 'fp32', True, 'GPU ' + ('supports bf16' if bf else 'lacks bf16'), str(dev), cap)
-    elif dev.type != 'cpu':
+    mkey = machine_key(dev, cap, cfg, size)
+    if (ch := _remembered(mkey)) is not None:   # measured before on this machine: the same answer, so the same cache keys
+        _CHOICES[key] = ch
+        if log: log(f"[precision] auto -> {ch.describe()}")
+        return ch
+    if dev.type not in ('cpu', 'cuda'):
         ch = PrecisionChoice('fp32', False, f'{dev.type}: fp32 (no measured check for this device)', str(dev), cap)
-    else:
-        native = native_bf16()
+    else:   # measured on GPUs too: small models are launch-bound there, and bf16 can be the slower one
+        native = native_bf16() if dev.type == 'cpu' else torch.cuda.is_bf16_supported()
         gen = build_model(cfg).coarse
         t = {v: probe_step_time(gen, p, cl, size, device=dev)
              for v, p, cl in (('fp32', 'fp32', False), ('fp32+channels_last', 'fp32', True))}
@@ -113,9 +147,10 @@ def choose_precision(model_cfg=None,      # a ModelCfg whose coarse generator is
             reason = (f"{cap}, no native bf16 (bf16 would be emulated, ~10x slower)" if native is False
                       else f"{cap}: bf16 not 10% faster ({t[best16]:.3f} s vs {t[best32]:.3f} s)")
             reason += f"; channels_last {'faster' if v.endswith('last') else 'not faster'} ({t['fp32+channels_last']:.3f} vs {t['fp32']:.3f} s)"
-        ch = PrecisionChoice(v.split('+')[0], v.endswith('channels_last'), reason, 'cpu', cap,
+        ch = PrecisionChoice(v.split('+')[0], v.endswith('channels_last'), reason, str(dev) if dev.type == 'cuda' else 'cpu', cap,
                              {k: round(s, 4) for k, s in t.items()})
     _CHOICES[key] = ch
+    _remember(mkey, ch)
     if log: log(f"[precision] auto -> {ch.describe()}")
     return ch
 

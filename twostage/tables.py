@@ -12,7 +12,8 @@ from .core import atomic_write
 
 # %% auto #0
 __all__ = ['PAPER_TABLE6', 'METRICS', 'perceptual_name', 'wide', 'table6', 'stage1_table', 'peers_table', 'peer_verdicts',
-           'verdict_summary', 'write_tables', 'paired_bootstrap']
+           'verdict_summary', 'write_tables', 'paired_bootstrap', 'seed_spread', 'noise_floor', 'claims',
+           'table6_claim_rows', 'claims_md']
 
 # %% ../nbs/18_tables.ipynb #41e0b594
 PAPER_TABLE6 = pd.DataFrame({   # the paper's Table 6, as printed (row 9 = full model)
@@ -188,3 +189,79 @@ def paired_bootstrap(per_image: dict,   # name -> per-face results (`twostage.ev
                                  'diff': float(np.nanmean(val[k]) - np.nanmean(val[ref])),
                                  'diff_lo': float(np.percentile(d, 2.5)), 'diff_hi': float(np.percentile(d, 97.5)), 'n': n})
     return pd.DataFrame(rows)
+
+# %% ../nbs/18_tables.ipynb #80f9a19e
+def _pooled(results: pd.DataFrame, name: str, metric: str, subset: str = 'all') -> float:
+    r = results[(results.experiment == name) & (results.metric == metric) & (results.subset == subset) & (results.bucket == 'all')]
+    return float(r.value.mean()) if len(r) else float('nan')
+
+def seed_spread(results: pd.DataFrame,   # long-format results holding rows and their seed repeats (table 'seeds', `<row>_seed<k>`)
+                metrics=('psnr', 'ssim'),
+                subset: str = 'all') -> pd.DataFrame:
+    "Per row with seed repeats: each seed's pooled metric (seed 0 = the row itself), their mean, standard deviation and range."
+    reps = results[results.table == 'seeds'].experiment.unique()
+    bases = sorted({n.rsplit('_seed', 1)[0] for n in reps})
+    rows = []
+    for base in bases:
+        names = [base] + sorted(n for n in reps if n.rsplit('_seed', 1)[0] == base)
+        for m in metrics:
+            v = np.array([_pooled(results, n, m, subset) for n in names])
+            v = v[~np.isnan(v)]
+            if len(v) < 2: continue
+            rows.append({'row': base, 'metric': m, 'n_seeds': len(v), 'per_seed': ' '.join(f'{x:.4f}' for x in v),
+                         'mean': float(v.mean()), 'sd': float(v.std(ddof=1)), 'range': float(v.max() - v.min())})
+    return pd.DataFrame(rows)
+
+def noise_floor(spread: pd.DataFrame) -> dict:
+    "Metric -> 2 sqrt(2) x the pooled seed standard deviation: the 95 % range of a difference of two single runs."
+    if spread is None or spread.empty: return {}
+    return {m: float(2 * np.sqrt(2) * np.sqrt((g.sd ** 2).mean())) for m, g in spread.groupby('metric')}
+
+def claims(boot: pd.DataFrame,          # `paired_bootstrap` output with `ref` as its reference
+           rows: dict,                  # name -> (label, expected sign of row - ref: -1 worse, +1 better, for PSNR / SSIM)
+           floor: dict | None = None,   # metric -> noise floor (`noise_floor`); None / missing: faces only
+           metrics=('psnr', 'ssim'),
+           subset: str = 'all', family: str = 'pooled',
+           paper: dict | None = None,   # name -> {metric: the paper's row - ref difference}, shown beside ours
+          ) -> pd.DataFrame:
+    "One verdict per row and metric: 'supported', 'contradicted' or 'not resolved at this scale' (see above)."
+    b = boot[(boot.subset == subset) & (boot.family == family)].set_index(['name', 'metric'])
+    floor, out = floor or {}, []
+    for name, (label, sign) in rows.items():
+        for m in metrics:
+            if (name, m) not in b.index: continue
+            r = b.loc[(name, m)]
+            expect = sign * (-1 if 'lpips' in m else 1)           # distances: worse means larger
+            fl = floor.get(m)
+            clear = not (r.diff_lo <= 0 <= r.diff_hi) and (fl is None or abs(r['diff']) > fl)
+            verdict = ('not resolved at this scale' if not clear else 'supported' if np.sign(r['diff']) == expect else 'contradicted')
+            out.append({'name': name, 'row': label, 'metric': m, 'ours': r['mean'], 'diff': r['diff'], 'diff_lo': r.diff_lo,
+                        'diff_hi': r.diff_hi, 'noise_floor': fl if fl is not None else np.nan,
+                        'paper_diff': (paper or {}).get(name, {}).get(m, np.nan), 'verdict': verdict})
+    return pd.DataFrame(out)
+
+def table6_claim_rows(perceptual: str | None = None) -> tuple:
+    "(rows, paper differences) of Table 6 for `claims`: every row against row 9, the paper's sign."
+    from twostage.experiments import TABLE6_ROWS
+    p9 = PAPER_TABLE6.iloc[8]; rows, paper = {}, {}
+    for i, (label, _) in TABLE6_ROWS.items():
+        if i == 9: continue
+        pr = PAPER_TABLE6.iloc[i - 1]
+        d = {'psnr': pr.paper_psnr - p9.paper_psnr, 'ssim': pr.paper_ssim - p9.paper_ssim}
+        if perceptual: d[perceptual] = pr.paper_lpips - p9.paper_lpips
+        rows[f't6_row{i}'] = (f'{i}: {label}', int(np.sign(d['psnr']))); paper[f't6_row{i}'] = d
+    return rows, paper
+
+def claims_md(c: pd.DataFrame, title: str, note: str = '') -> str:
+    "A claims table as markdown: per row, our difference from the reference with its interval, the paper's, the verdict."
+    md = [f'# {title}\n\n', note + '\n\n' if note else '']
+    if c.empty: return ''.join(md) + 'No row to compare with the reference in these results.\n'
+    counts = c.groupby('verdict').size().to_dict()
+    md.append('Verdicts: ' + ', '.join(f'{v} {k}' for k, v in sorted(counts.items())) + '.\n\n')
+    md.append('| row | metric | ours | row - reference [95 % interval] | noise floor | paper: row - reference | verdict |\n|---|---|---|---|---|---|---|\n')
+    for r in c.itertuples():
+        f = 3 if r.metric == 'psnr' else 4
+        fl = '' if np.isnan(r.noise_floor) else f'{r.noise_floor:.{f}f}'
+        pdiff = '' if np.isnan(r.paper_diff) else f'{r.paper_diff:+.{f}f}'
+        md.append(f'| {r.row} | {r.metric} | {r.ours:.{f}f} | {r.diff:+.{f}f} [{r.diff_lo:+.{f}f}, {r.diff_hi:+.{f}f}] | {fl} | {pdiff} | {r.verdict} |\n')
+    return ''.join(md)

@@ -24,16 +24,17 @@ from .losses import (LossCfg, reconstruction_loss, adversarial_g_loss, adversari
                              relativistic_g_loss, relativistic_d_loss)
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE2_FIELDS', 'TRAIN_LATER_FIELDS', 'TrainCfg', 'resolve_precision', 'StepBatches', 'step_masks',
-           'dist_info', 'maybe_init_distributed', 'unwrap', 'all_gather_objects', 'TrainingDiverged', 'shared_vgg',
-           'Trainer', 'save_sample_grid', 'ImageTensorDataset', 'check_compatible', 'load_model', 'train_stages']
+__all__ = ['STAGES', 'STAGE2_FIELDS', 'TRAIN_LATER_FIELDS', 'TrainCfg', 'stage_seed', 'resolve_precision', 'StepBatches',
+           'step_masks', 'dist_info', 'maybe_init_distributed', 'unwrap', 'all_gather_objects', 'TrainingDiverged',
+           'shared_vgg', 'Trainer', 'save_sample_grid', 'ImageTensorDataset', 'check_compatible', 'load_model',
+           'train_stages']
 
 # %% ../nbs/12_train.ipynb #bcfab896
 STAGES = ('coarse', 'fine', 'joint')
 STAGE2_FIELDS = ('fine_base', 'fine_depth', 'fine_skips', 'fine_attention', 'fine_norm', 'fine_residual', 'fem',
                  'fem_scales', 'n_fem', 'relativistic')  # what stage 1 never sees: runs differing only here share a stage-1 run
 
-TRAIN_LATER_FIELDS = {'adv_warmup': 0}
+TRAIN_LATER_FIELDS = {'adv_warmup': 0, 'fine_seed': 0}
 
 @dataclass(frozen=True)
 class TrainCfg:
@@ -58,6 +59,7 @@ class TrainCfg:
     val_every: int = 250            # validation (hole L1 on fixed faces and masks) every N steps, for best.pt
     n_val: int = 16                 # validation faces
     adv_warmup: int = 0             # steps at the start of each stage without the generator's adversarial term (L1-heavy warm-up; not in the paper)
+    fine_seed: int = 0              # repeat stage 2 with another seed (its init, data order, masks) over the same stage 1; 0: `seed`
 
     def steps(self, stage): return {'coarse': self.steps_coarse, 'fine': self.steps_fine, 'joint': self.steps_joint}[stage]
     def to_dict(self): return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -72,6 +74,10 @@ class TrainCfg:
         d = dict(d); d['betas'] = tuple(d.get('betas', (0.5, 0.999)))
         return cls(**d)
     def hash(self): return stable_hash(self.key_dict())
+
+def stage_seed(tcfg: TrainCfg, stage: str) -> int:
+    "The seed of a stage's init, data order and masks: `seed`, or for stage 2 with a `fine_seed` a seed of its own."
+    return tcfg.seed + 7919 * tcfg.fine_seed if stage != 'coarse' and tcfg.fine_seed else tcfg.seed
 
 def resolve_precision(tcfg: TrainCfg, model_cfg: ModelCfg, device=None, log=print) -> tuple:
     "(`tcfg` with a concrete precision and layout, the `PrecisionChoice`): 'auto' becomes what is fastest on this machine."
@@ -198,7 +204,8 @@ class Trainer:
         self.device = get_device(device)
         if self.world > 1 and self.device.type == 'cuda': self.device = torch.device('cuda', torch.cuda.current_device())
         self.progress = progress and self.rank == 0
-        seed_everything(train_cfg.seed)
+        self.seed = stage_seed(train_cfg, stage)
+        seed_everything(self.seed)
         self.model = build_model(model_cfg).to(self.device)
         self.discs = build_discriminators(model_cfg).to(self.device)
         if init is not None:   # start from an earlier stage: stage 2 takes only stage 1's generator
@@ -421,7 +428,7 @@ class Trainer:
         logf = self.out / 'losses.csv'
         if self.rank == 0 and logf.exists():   # drop rows past the checkpoint (they are re-run identically)
             old = pd.read_csv(logf); old[old.step < self.step].to_csv(logf, index=False)
-        sampler = StepBatches(len(self.ds), self.tcfg.batch_size, self.tcfg.seed + 1000 * STAGES.index(self.stage),
+        sampler = StepBatches(len(self.ds), self.tcfg.batch_size, self.seed + 1000 * STAGES.index(self.stage),
                               self.step, stop, self.rank, self.world)
         dl = torch.utils.data.DataLoader(self.ds, batch_sampler=sampler, num_workers=self.tcfg.num_workers,
                                          collate_fn=lambda items: torch.stack([it['image'] for it in items]))
@@ -432,7 +439,7 @@ class Trainer:
         rows, t0 = [], time.time()
         for image in dl:
             if self.step >= end: break
-            mask = step_masks(self.tcfg.mask_family, self.tcfg.batch_size, self.tcfg.size, self.tcfg.seed, self.stage,
+            mask = step_masks(self.tcfg.mask_family, self.tcfg.batch_size, self.tcfg.size, self.seed, self.stage,
                               self.step, self.rank, self.world)
             self._set_lr()
             logs = self.train_step(image, mask)

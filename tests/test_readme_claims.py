@@ -1,0 +1,37 @@
+"The README's verdicts on the paper's claims are the committed ones (figures/*_claims.csv), never edited by hand."
+import re
+from pathlib import Path
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VERDICT_ROW = re.compile(r'^\| (.+?) \| (psnr|ssim|\w*lpips\w*) \| .*\| (supported|contradicted|not resolved at this scale) \|$', re.M)
+
+
+def committed_verdicts() -> dict:
+    out = {}
+    for name in ('table6_claims.csv', 'stage1_claims.csv'):
+        p = ROOT / 'figures' / name
+        if p.exists(): out.update({(r.row, r.metric): r.verdict for r in pd.read_csv(p).itertuples()})
+    return out
+
+
+def test_readme_verdicts_are_the_committed_ones():
+    want = committed_verdicts()
+    if not want: pytest.skip('no committed claims yet (make reproduce writes figures/table6_claims.csv)')
+    got = {(r, m): v for r, m, v in VERDICT_ROW.findall((ROOT / 'README.md').read_text())}
+    assert got, 'the README shows no verdict table'
+    wrong = {k: (v, want.get(k)) for k, v in got.items() if want.get(k) != v}
+    assert not wrong, f'README verdicts that differ from figures/*_claims.csv (README, committed): {wrong}'
+    t6 = pd.read_csv(ROOT / 'figures' / 'table6_claims.csv')
+    missing = [r for r in t6[t6.metric == 'psnr'].row if (r, 'psnr') not in got]
+    assert not missing, f'Table 6 rows without their PSNR verdict in the README: {missing}'
+
+
+def test_the_pattern_reads_a_claims_table():
+    from twostage.tables import claims_md
+    c = pd.DataFrame([{'name': 'a', 'row': '1: x', 'metric': 'psnr', 'ours': 25., 'diff': -.5, 'diff_lo': -.7, 'diff_hi': -.3,
+                       'noise_floor': .2, 'paper_diff': -2., 'verdict': 'supported'},
+                      {'name': 'a', 'row': '1: x', 'metric': 'stlpips_alex', 'ours': .05, 'diff': .001, 'diff_lo': -.01,
+                       'diff_hi': .01, 'noise_floor': float('nan'), 'paper_diff': .01, 'verdict': 'not resolved at this scale'}])
+    assert VERDICT_ROW.findall(claims_md(c, 't')) == [('1: x', 'psnr', 'supported'), ('1: x', 'stlpips_alex', 'not resolved at this scale')]
