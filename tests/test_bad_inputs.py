@@ -8,7 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from twostage.inpaint import tiny_checkpoint, read_mask, main as inpaint_main
+from twostage.train import tiny_checkpoint
+
+from twostage.inpaint import read_mask, main as inpaint_main
 from twostage.evaluate import main as eval_main, RESULT_COLUMNS
 
 torch.set_num_threads(1)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from twostage.core import repo_root, figures_dir, data_dir
 from twostage.demo import voila_command, free_port, release_available, make_mask
-from twostage.inpaint import tiny_checkpoint
+from twostage.train import tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 180   # seconds for each wait: page and kernel start, one inpainting, on a shared CPU

@@ -8,7 +8,9 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 from PIL import Image
 
-from twostage.inpaint import tiny_checkpoint, load_inpainter
+from twostage.train import tiny_checkpoint
+
+from twostage.inpaint import load_inpainter
 from twostage.demo import (Demo, find_checkpoints, no_checkpoint_message, pick_face, make_mask, run, fig_panel,
                            save_result, load_photo, fig_demo_panel, measure_latency, MASK_KINDS)
 

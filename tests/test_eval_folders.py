@@ -54,7 +54,7 @@ def face_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def ckpt(tmp_path_factory):
-    from twostage.inpaint import tiny_checkpoint
+    from twostage.train import tiny_checkpoint
     return tiny_checkpoint(tmp_path_factory.mktemp('ck') / 'tiny' / 'last.pt', size=32)
 
 

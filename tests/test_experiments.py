@@ -115,3 +115,22 @@ def test_seed_repeats_share_stage1_and_keep_old_keys(faces32, tmp_path):
                     progress=False).model.fine.state_dict() for i, tc in enumerate((t, t, t1))]
     k = next(iter(outs[0]))
     assert torch.equal(outs[0][k], outs[1][k]) and not torch.equal(outs[0][k], outs[2][k])
+
+
+def test_train_experiment_honours_its_first_stages_and_refuses_others(tmp_path):
+    "`twostage-train --experiment X --stages coarse` trains stage 1 only (once, cached); a stage 2 alone is refused."
+    from PIL import Image
+    faces = tmp_path / 'faces'; faces.mkdir()
+    for i in range(24):
+        Image.fromarray(np.random.RandomState(i).randint(0, 256, (40, 40, 3), np.uint8)).save(faces / f'{i:03d}.png')
+    from twostage.experiments import train_experiment
+    from twostage.core import UserError
+    from twostage.runs import read_record
+    full = EXPERIMENTS['full']
+    runs = tmp_path / 'runs'
+    ck = train_experiment(full, SMOKE, data=faces, runs=runs, progress=False, stages=('coarse',))
+    assert list(ck) == ['coarse'] and read_record(ck['coarse'].parent)['experiments'] == ['full', 't6_row9']
+    with pytest.raises(UserError, match='only its first stages'):
+        train_experiment(full, SMOKE, data=faces, runs=runs, progress=False, stages=('fine',))
+    both = train_experiment(full, SMOKE, data=faces, runs=runs, progress=False)
+    assert both['coarse'] == ck['coarse'] and read_record(both['fine'].parent)['stage'] == 'fine'

@@ -5,7 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from twostage.inpaint import (tiny_checkpoint, load_inpainter, inpaint_image, inpaint_folder, prepare, prepare_mask,
+from twostage.train import tiny_checkpoint
+
+from twostage.inpaint import (load_inpainter, inpaint_image, inpaint_folder, prepare, prepare_mask,
                               main)
 from twostage.models.twostage import TINY_CFG
 

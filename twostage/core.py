@@ -13,7 +13,8 @@ from PIL import Image
 # %% auto #0
 __all__ = ['to_m11', 'to_01', 'pil_to_tensor', 'tensor_to_pil', 'mask_to_tensor', 'check_batch', 'masked_input', 'composite',
            'hole_ratio', 'UserError', 'seed_everything', 'get_device', 'check_device', 'repo_root', 'default_data_dir',
-           'data_dir', 'runs_dir', 'figures_dir', 'stable_hash', 'code_version', 'atomic_write', 'atomic_save']
+           'data_dir', 'runs_dir', 'figures_dir', 'stable_hash', 'code_version', 'atomic_write', 'atomic_save',
+           'strict_from_dict']
 
 # %% ../nbs/00_core.ipynb #a89ee413
 def to_m11(x):
@@ -196,3 +197,12 @@ def atomic_write(path, write_fn, suffix=''):
 def atomic_save(obj, path):
     "`torch.save` through `atomic_write`."
     return atomic_write(path, lambda p: torch.save(obj, p))
+
+# %% ../nbs/00_core.ipynb #2365c5d9
+def strict_from_dict(cls, d: dict):
+    "Build the config dataclass `cls` from `d`; unknown keys raise a `ValueError` naming the valid ones."
+    import dataclasses
+    if not isinstance(d, dict): raise ValueError(f"{cls.__name__}: expected a dict of fields, got {type(d).__name__}")
+    fs = {f.name: f for f in dataclasses.fields(cls)}
+    if bad := [k for k in d if k not in fs]: raise ValueError(f"unknown {cls.__name__} field(s) {bad}; valid: {list(fs)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) and isinstance(fs[k].default, tuple) else v for k, v in d.items()})

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 from .core import repo_root, runs_dir, pil_to_tensor, tensor_to_pil, to_01, masked_input, atomic_write
 from . import masks as M
 from .inpaint import prepare, load_inpainter, _size_for, RELEASE
+from .runs import find_runs
 
 # %% auto #0
 __all__ = ['MASK_KINDS', 'APP_CELL', 'no_checkpoint_message', 'find_checkpoints', 'release_available', 'pick_face', 'make_mask',
@@ -30,32 +31,9 @@ def no_checkpoint_message(runs=None) -> str:
             "  twostage-train --experiment full --profile smoke     # a seconds-long smoke model (plumbing only)\n"
             "or point the demo at another runs folder: Demo(runs='path/to/runs') (or set TWOSTAGE_RUNS).")
 
-def _read_json(p: Path) -> dict:
-    try: return json.loads(p.read_text())
-    except (OSError, ValueError): return {}
-
 def find_checkpoints(runs=None) -> pd.DataFrame:
-    "Trained checkpoints under `runs/<profile>/stage{1,2}/<key>/last.pt`, best first (one row each)."
-    root, rows = runs_dir(runs), []
-    for st_dir, stage in (('stage2', 'fine'), ('stage1', 'coarse')):
-        for p in sorted(root.glob(f'*/{st_dir}/*/last.pt')):
-            done, tc = _read_json(p.parent / 'done.json'), _read_json(p.parent / 'train_cfg.json')
-            exp = done.get('experiment', '?')
-            names = done.get('experiments') or [exp]   # a shared run records every experiment (and alias) it serves
-            size = (tc.get('train') or {}).get('size')
-            if size is None:   # no train_cfg.json beside it: ask the checkpoint (memory-mapped, cheap)
-                try: size = torch.load(p, map_location='cpu', weights_only=True, mmap=True).get('train_cfg', {}).get('size')
-                except Exception: size = None
-            rows.append({'experiment': 'full' if 'full' in names else exp, 'experiments': ','.join(names), 'profile': p.parents[2].name, 'stage': stage, 'done': bool(done),
-                         'steps': done.get('steps'), 'size': size, 'key': p.parent.name,
-                         'path': str(p), 'mtime': p.stat().st_mtime})
-    cols = ['label', 'experiment', 'experiments', 'profile', 'stage', 'done', 'steps', 'size', 'key', 'path', 'mtime']
-    if not rows: return pd.DataFrame(columns=cols)
-    df = pd.DataFrame(rows)
-    df['label'] = [f"{r.profile}/{r.experiment} ({'two-stage' if r.stage == 'fine' else 'coarse only'}"
-                   f"{'' if r.done else ', unfinished'}, {r.key})" for r in df.itertuples()]
-    df = df.assign(_o=[(not r.done, r.stage != 'fine', r.experiment != 'full', -r.mtime) for r in df.itertuples()])
-    return df.sort_values('_o').drop(columns='_o')[cols].reset_index(drop=True)
+    "Trained checkpoints under `runs/<profile>/stage{1,2}/<key>/last.pt`, best first: `twostage.runs.find_runs`."
+    return find_runs(runs)
 
 # %% ../nbs/20_demo.ipynb #82f212ac
 _FACES = {}

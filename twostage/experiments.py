@@ -13,7 +13,9 @@ import torch
 from .core import stable_hash, runs_dir, data_dir, atomic_write
 from .models.twostage import ModelCfg, PAPER_CFG, LITE_CFG, TINY_CFG
 from .losses import LossCfg
-from .train import TrainCfg, train_stages, Trainer, STAGE2_FIELDS, resolve_precision
+from .train import TrainCfg, train_stages, Trainer, resolve_precision
+from .models.twostage import STAGE2_FIELDS, SIZE_FIELDS
+from .runs import run_folder, read_record, write_record
 from .runtime import data_fingerprint
 from .data import keep_min_side
 from .cli import guard
@@ -21,9 +23,9 @@ from .core import UserError
 from .train import maybe_init_distributed
 
 # %% auto #0
-__all__ = ['FULL', 'FULL_LOSS', 'TABLE6_ROWS', 'TABLE6', 'STAGE1', 'SEED_ROWS', 'SEEDS', 'EXPERIMENTS', 'SIZE_FIELDS',
-           'SMOKE_SIZES', 'CPU_CFG', 'RELEASE_CFG', 'PROFILES', 'Experiment', 'get_experiment', 'Profile',
-           'get_profile', 'stage_keys', 'data_id', 'plan_experiment', 'train_experiment', 'main']
+__all__ = ['FULL', 'FULL_LOSS', 'TABLE6_ROWS', 'TABLE6', 'STAGE1', 'SEED_ROWS', 'SEEDS', 'EXPERIMENTS', 'SMOKE_SIZES', 'CPU_CFG',
+           'RELEASE_CFG', 'PROFILES', 'Experiment', 'get_experiment', 'Profile', 'get_profile', 'stage_keys', 'data_id',
+           'plan_experiment', 'train_experiment', 'main']
 
 # %% ../nbs/15_experiments.ipynb #a9c4c1c9
 FULL = PAPER_CFG
@@ -83,8 +85,6 @@ def get_experiment(name: str) -> Experiment:
     return EXPERIMENTS[name]
 
 # %% ../nbs/15_experiments.ipynb #95a9c2b1
-SIZE_FIELDS = ('coarse_base', 'coarse_depth', 'coarse_res', 'fine_base', 'fine_depth', 'n_fem', 'disc_base', 'disc_layers')
-
 @dataclass(frozen=True)
 class Profile:
     "The scale of a run: sizes, steps and the evaluation protocol."
@@ -169,42 +169,36 @@ def plan_experiment(exp: Experiment, profile: Profile, faces, runs=None, device=
     mcfg, lcfg = profile.model_cfg(exp), profile.loss_cfg(exp)
     tcfg, _ = resolve_precision(profile.train_cfg(exp), mcfg, device, log=log)
     keys = stage_keys(mcfg, lcfg, tcfg, data_id(faces, profile))
-    root, plan = runs_dir(runs) / profile.name, {}
+    plan = {}
     for st in exp.stages:
-        out = root / ('stage1' if st == 'coarse' else 'stage2') / keys[st]
-        done = 0
-        if (out / 'done.json').exists():
-            try: done = int(json.loads((out / 'done.json').read_text()).get('steps', 0))
-            except (ValueError, OSError): done = 0
+        out = run_folder(runs, profile.name, st, keys[st])
+        try: done = int(read_record(out).get('steps', 0))
+        except (TypeError, ValueError): done = 0
         plan[st] = (out, max(tcfg.steps(st) - done, 0), keys[st])
     return plan
 
 def train_experiment(exp: Experiment, profile: Profile, data=None, runs=None, device=None, resume=True,
-                     faces=None, progress=True, on_step=None) -> dict:
+                     faces=None, progress=True, on_step=None,
+                     stages: tuple | None = None, # the first stages of the experiment only (default: all of them)
+                    ) -> dict:
     "Train (or find in the cache) every stage of an experiment; returns {stage: checkpoint path}."
+    stages = tuple(stages or exp.stages)
+    if stages != tuple(exp.stages[:len(stages)]):
+        raise UserError(f"experiment {exp.name} trains {','.join(exp.stages)}; --stages may name only its first stages "
+                        f"(e.g. {exp.stages[0]}), not {','.join(stages)}")
     mcfg, lcfg = profile.model_cfg(exp), profile.loss_cfg(exp)
     tcfg, choice = resolve_precision(profile.train_cfg(exp), mcfg, device, log=print if progress else None)
     faces = faces or profile.faces(data)
     did = data_id(faces, profile)
     keys = stage_keys(mcfg, lcfg, tcfg, did)
     train_ds = faces.dataset('train', cache=True)
-    root = runs_dir(runs) / profile.name
-    ckpts, init = {}, None
-    for st in exp.stages:
-        out = root / ('stage1' if st == 'coarse' else 'stage2') / keys[st]
-        t = Trainer(mcfg, lcfg, tcfg, train_ds, out, stage=st, init=init,
-                    val_dataset=faces.dataset('val'), device=device, progress=progress, on_step=on_step,
-                    data_info={'id': did}, precision_choice=choice)
-        init = ckpts[st] = t.fit(resume=resume)
-        if t.rank == 0:   # a stage-1 run is shared by several experiments: keep all their names
-            old = json.loads((out / 'done.json').read_text()) if (out / 'done.json').exists() else {}
-            alias = {a for a, e in EXPERIMENTS.items() if e is exp and a != exp.name}   # e.g. 'full' for t6_row9
-            names = sorted(set(old.get('experiments', [])) | {exp.name} | alias)
-            atomic_write(out / 'done.json', lambda p: Path(p).write_text(json.dumps(
-                {'experiment': names[0] if len(names) == 1 else 'shared by ' + ', '.join(names),
-                 'experiments': names, 'stage': st, 'key': keys[st], 'steps': t.step, 'profile': profile.name,
-                 'data': did, **t.trained_with}, indent=1)))
-    return ckpts
+    alias = {a for a, e in EXPERIMENTS.items() if e is exp and a != exp.name}   # e.g. 'full' for t6_row9
+    def record(st, t, out):   # a stage-1 run is shared by several experiments: its record keeps all their names
+        if t.rank == 0: write_record(out, {exp.name} | alias, stage=st, key=keys[st], steps=t.step, profile=profile.name,
+                                     data=did, **t.trained_with)
+    return train_stages(mcfg, lcfg, tcfg, train_ds, lambda st: run_folder(runs, profile.name, st, keys[st]), stages=stages,
+                        val_dataset=faces.dataset('val'), device=device, resume=resume, progress=progress, on_step=on_step,
+                        data_info={'id': did}, precision_choice=choice, on_stage_done=record)
 
 # %% ../nbs/15_experiments.ipynb #921595f5
 @guard('twostage-train')
@@ -218,7 +212,8 @@ def main(argv=None):
     p.add_argument('--profile', default='cpu', help='smoke | cpu | gpu (with --experiment)')
     p.add_argument('--data', help='faces: a CelebA folder or any image folder (default: $TWOSTAGE_DATA or the bundled faces)')
     p.add_argument('--out', help='output folder (default: runs/)')
-    p.add_argument('--stages', default='coarse,fine', help='comma-separated stages: coarse,fine[,joint]')
+    p.add_argument('--stages', help="comma-separated stages: coarse,fine[,joint] (default: the experiment's stages; coarse,fine "
+                   "with --config); with --experiment only its first stages, e.g. coarse")
     p.add_argument('--device', help='cpu, cuda, cuda:1 ...')
     p.add_argument('--no-resume', action='store_true', help='start over instead of resuming from last.pt')
     a = p.parse_args(argv)
@@ -227,7 +222,7 @@ def main(argv=None):
     rank, world = maybe_init_distributed(a.device)
     if a.experiment:
         res = train_experiment(get_experiment(a.experiment), get_profile(a.profile), data=a.data, runs=a.out,
-                                 device=a.device, resume=not a.no_resume)
+                               device=a.device, resume=not a.no_resume, stages=a.stages and tuple(a.stages.split(',')))
     else:
         from twostage.data import load_faces
         from twostage.runtime import data_fingerprint
@@ -240,7 +235,7 @@ def main(argv=None):
         tcfg, _ = resolve_precision(tcfg, mcfg, a.device)
         faces = load_faces(a.data, size=tcfg.size, seed=tcfg.seed)
         data = data_fingerprint(faces.df['path'], faces.root)   # the run's identity includes its data
-        stages = tuple(a.stages.split(','))
+        stages = tuple((a.stages or 'coarse,fine').split(','))
         key = stable_hash([mcfg.key_dict(), lcfg.to_dict(), tcfg.key_dict(), data, list(stages)])
         out = Path(a.out or 'runs') / f'config-{key}'
         res = train_stages(mcfg, lcfg, tcfg, faces.dataset('train', cache=True), out, stages=stages,

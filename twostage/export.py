@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from . import __version__
 from .core import UserError, check_batch, atomic_write
 from .models.twostage import ModelCfg, build_model
+from .runs import read_checkpoint
 from .attention import PositionAttention
 from .cli import guard
 
@@ -241,9 +242,8 @@ def _load_for_export(a) -> tuple:
     if a.checkpoint:
         p = Path(a.checkpoint)
         if not p.is_file(): raise UserError(f"checkpoint not found: {p}")
-        ck = torch.load(p, map_location='cpu', weights_only=True)
-        if not isinstance(ck, dict) or 'model' not in ck or 'model_cfg' not in ck:
-            raise UserError(f"{p} is not a twostage trainer checkpoint (it has no 'model' and 'model_cfg')")
+        try: ck = read_checkpoint(p)
+        except ValueError as e: raise UserError(str(e)) from None
         if ck.get('stage') == 'coarse' and a.stage == 'both':
             raise UserError(f"{p} finished stage 1 only (its fine network is untrained); export it with --stage coarse")
         cfg = ModelCfg.from_dict(ck['model_cfg'])

@@ -164,13 +164,13 @@ def fig_claims(c: pd.DataFrame,          # a `twostage.tables.claims` table
     return fig
 
 # %% ../nbs/19_figures.ipynb #313c3ba8
-def write_figures(results: pd.DataFrame, profile, ckpts: dict, sets: dict, masks, out, device=None) -> dict:
+def write_figures(results: pd.DataFrame, profile, ckpts: dict, sets: dict, masks, out, device=None,
+                  row_labels: dict | None = None, # Table 6 row -> label in the legends (e.g. '9' -> '9: full model')
+                 ) -> dict:
     "Write every figure of a reproduce run into `out`; returns name -> path."
-    from twostage.train import load_model
+    from twostage.runs import load_model
     from twostage.masks import load_eval_masks
-    from twostage.experiments import TABLE6_ROWS
-    out, w = Path(out), {}
-    labels = {str(i): f'{i}: {m}' for i, (m, _) in TABLE6_ROWS.items()}
+    out, w, labels = Path(out), {}, row_labels
     for table in ('table6', 'stage1'):
         for metric in ('psnr', 'ssim'):
             try: w[f'{table}_{metric}_by_bucket'] = save_figure(fig_metric_vs_bucket(results, table, metric, labels=labels if table == 'table6' else None), f'{table}_{metric}_by_bucket', out)

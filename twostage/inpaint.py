@@ -16,8 +16,8 @@ from .cli import guard
 
 # %% auto #0
 __all__ = ['INVERTED_ABOVE', 'MASK_FORMATS', 'RELEASE', 'OUT_FORMATS', 'crop_box', 'prepare', 'read_mask', 'prepare_mask',
-           'paste_back', 'load_inpainter', 'inpaint_image', 'tiny_checkpoint', 'out_format', 'save_image', 'pair_files',
-           'plan_folder', 'inpaint_folder', 'main']
+           'paste_back', 'load_inpainter', 'inpaint_image', 'out_format', 'save_image', 'pair_files', 'plan_folder',
+           'inpaint_folder', 'main']
 
 # %% ../nbs/14_inpaint.ipynb #7c298dee
 def crop_box(w: int, h: int) -> tuple:
@@ -169,19 +169,8 @@ def load_inpainter(path=None,          # a checkpoint written by the trainer (la
         model.train_size, model.trained_stage = int(rec['size']), 'fine'
         return model, {'stage': 'fine', 'model_cfg': rec['model_cfg'], 'train_cfg': rec['train_cfg'], 'release': rec}
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.is_dir(): raise IsADirectoryError(f"checkpoint {path} is a folder; give its last.pt or best.pt")
-    try: ck = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        import zipfile
-        if not zipfile.is_zipfile(path):   # torch.save writes a zip archive: this file is something else (or cut short)
-            raise ValueError(f"{path} is not a twostage checkpoint: not a PyTorch file at all (empty, truncated or another "
-                             "format); use the last.pt or best.pt that twostage-train writes") from None
-        why = (str(e).strip().splitlines() or [''])[0][:200]     # torch's own messages can run to twenty lines
-        raise ValueError(f"{path} is not a readable twostage checkpoint ({type(e).__name__}: {why})") from None
-    if not isinstance(ck, dict) or 'model' not in ck or 'model_cfg' not in ck:
-        raise ValueError(f"{path} is not a twostage checkpoint (it needs 'model' and 'model_cfg' entries; "
-                         "use the last.pt or best.pt that twostage-train writes)")
+    from twostage.runs import read_checkpoint
+    ck = read_checkpoint(path)
     from twostage.models.twostage import ModelCfg, build_model   # inference builds the model itself: no training code
     cfg = ModelCfg.from_dict(ck['model_cfg'])
     if model_cfg is not None and (diff := {k: (v, model_cfg.to_dict()[k]) for k, v in cfg.to_dict().items() if model_cfg.to_dict()[k] != v}):
@@ -235,28 +224,6 @@ def inpaint_image(model,                # a TwoStage model (eval mode), e.g. fro
     res = model(x.to(dev), m.to(dev), stage=stage)
     info.update(ran=True, seconds=time.perf_counter() - t0)
     return paste_back(res['out'].float().cpu(), image, info, mfull), info
-
-# %% ../nbs/14_inpaint.ipynb #a69c902b
-def tiny_checkpoint(path,          # where to write the checkpoint (a .pt file)
-                    size: int = 32, # training side stored in the checkpoint
-                    stage: str = 'fine', # the stage the one training step runs
-                    **cfg_delta,    # ModelCfg fields to change (e.g. fem=False)
-                   ) -> Path:
-    "A tiny model trained for one step, saved exactly as twostage.train saves checkpoints (for tests and demos)."
-    import dataclasses, shutil, tempfile
-    from twostage.models.twostage import TINY_CFG
-    from twostage.losses import LossCfg
-    from twostage.train import Trainer, TrainCfg, ImageTensorDataset
-    cfg = dataclasses.replace(TINY_CFG, **cfg_delta)
-    g = torch.Generator().manual_seed(0)
-    faces = ImageTensorDataset(torch.rand(4, 3, size, size, generator=g) * 2 - 1)
-    tcfg = TrainCfg(size=size, batch_size=2, steps_coarse=1, steps_fine=1, n_val=2, mask_family='box',
-                    sample_every=0, ckpt_every=1, val_every=1)
-    path = Path(path)
-    with tempfile.TemporaryDirectory() as d:
-        last = Trainer(cfg, LossCfg(perceptual=0., style=0.), tcfg, faces, d, stage=stage, device='cpu', progress=False).fit()
-        path.parent.mkdir(parents=True, exist_ok=True); shutil.copy(last, path)
-    return path
 
 # %% ../nbs/14_inpaint.ipynb #ffaef831
 OUT_FORMATS = {'.png': ('PNG', {}), '.jpg': ('JPEG', {'quality': 95}), '.jpeg': ('JPEG', {'quality': 95}),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, asdict, fields
 import torch
 import torch.nn.functional as F
-from .core import composite, stable_hash
+from .core import composite, stable_hash, strict_from_dict
 
 # %% auto #0
 __all__ = ['GAN_KINDS', 'LossCfg', 'gram', 'reconstruction_loss', 'adversarial_d_loss', 'adversarial_g_loss',
@@ -41,10 +41,8 @@ class LossCfg:
     def to_dict(self) -> dict: return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
     @classmethod
     def from_dict(cls, d: dict) -> 'LossCfg':
-        "Build from a dict; unknown keys raise (naming the valid ones), missing keys take the defaults."
-        names = [f.name for f in fields(cls)]
-        if bad := [k for k in d if k not in names]: raise ValueError(f"unknown LossCfg field(s) {bad}; valid: {names}")
-        return cls(**d)
+        "Build from a dict (`core.strict_from_dict`): unknown keys raise naming the valid ones, missing keys take the defaults."
+        return strict_from_dict(cls, d)
     def hash(self) -> str: return stable_hash(self.to_dict())
 
 # %% ../nbs/10_losses.ipynb #4c5df274

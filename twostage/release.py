@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from .core import get_device, atomic_write, UserError
 from .models.twostage import ModelCfg, build_model
+from .runs import read_checkpoint
 
 # %% auto #0
 __all__ = ['RELEASE_DIR', 'RELEASE_NAME', 'sha256_file', 'release_paths', 'export_release', 'read_release_record', 'load_release']
@@ -37,7 +38,7 @@ def export_release(checkpoint,          # a stage-2 checkpoint written by the tr
                   ) -> dict:
     "Write the generator of `checkpoint` as `<name>.safetensors` + `<name>.json`; returns the record."
     from safetensors.torch import save_file
-    ck = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    ck = read_checkpoint(checkpoint)
     if ck.get('stage') not in ('fine', 'joint'):
         raise UserError(f"{checkpoint} is a stage-{1 if ck.get('stage') == 'coarse' else '?'} checkpoint; "
                         "a release needs both stages trained (a stage-2 last.pt)")

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from .core import runs_dir, figures_dir, stable_hash, atomic_write, code_version, get_device, seed_everything
-from .experiments import (TABLE6, STAGE1, SEEDS, Experiment, Profile, get_profile, train_experiment, stage_keys,
+from .experiments import (TABLE6, TABLE6_ROWS, STAGE1, SEEDS, Experiment, Profile, get_profile, train_experiment, stage_keys,
                                   data_id, plan_experiment)
 from .masks import load_eval_masks
 from .runtime import EtaMeter, cpu_capability, choose_precision
@@ -19,12 +19,14 @@ from .cli import guard
 from .evaluate import eval_faces, eval_masks, load_images, evaluate, summarise, model_fn, RESULT_COLUMNS
 from .metrics import build_perceptual_metric
 from .peers import inpaint_peer
-from .train import load_model
+from .runs import load_model, read_record
 from .experiments import EXPERIMENTS
 
+T6_LABELS = {i: m for i, (m, _) in TABLE6_ROWS.items()}   # Table 6 row -> its module set, for tables and figures
+
 # %% auto #0
-__all__ = ['GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM_PEERS', 'reproduce', 'write_uncertainty', 'write_glasses_claim', 'release_card',
-           'main']
+__all__ = ['T6_LABELS', 'GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM_PEERS', 'reproduce', 'write_uncertainty', 'write_glasses_claim',
+           'release_card', 'main']
 
 # %% ../nbs/17_reproduce.ipynb #2eecbc20
 def _protocol(profile: Profile, size: int) -> dict:
@@ -158,7 +160,7 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     log(f"[results] {res_path} ({len(allres)} rows)")
     written = {'results': res_path}
     from twostage.tables import write_tables
-    written.update(write_tables(allres, figs, profile=prof.name))
+    written.update(write_tables(allres, figs, profile=prof.name, modules=T6_LABELS))
     written.update(write_uncertainty(allres, {n: p for n, p in per_paths.items() if p.exists()}, figs, prof.name,
                                      (perc.name,), make_figures=make_figures))
     if ef:
@@ -169,7 +171,8 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
         if k != 'results': log(f"[table] {v}" if str(v).endswith(('.csv', '.md', '.tex')) else f"[figure] {v}")
     if make_figures:
         from twostage.figures import write_figures
-        figs_written = write_figures(allres[allres.table != 'seeds'], prof, ckpts=ckpts, sets=sets, masks=masks, out=figs, device=device)
+        figs_written = write_figures(allres[allres.table != 'seeds'], prof, ckpts=ckpts, sets=sets, masks=masks, out=figs, device=device,
+                                     row_labels={str(i): f'{i}: {m}' for i, m in T6_LABELS.items()})
         for k, v in figs_written.items(): log(f"[figure] {v}")
         written.update(figs_written)
     if release_to is not None and 't6_row9' in ckpts and 'fine' in ckpts['t6_row9']:
@@ -210,7 +213,7 @@ def write_uncertainty(results: pd.DataFrame,  # the combined long-format results
     if 't6_row9' in per and len(per) > 1:   # every row, seed repeat and peer against the full model, on the same faces
         bt = paired_bootstrap(per, 't6_row9', metrics=metrics)
         w['bootstrap'] = atomic_write(out / f'bootstrap_{profile}.csv', lambda p: bt.to_csv(p, index=False))
-        rows, paper = table6_claim_rows(perceptual[0] if perceptual else None)
+        rows, paper = table6_claim_rows(perceptual[0] if perceptual else None, T6_LABELS)
         c6 = claims(bt, {k: v for k, v in rows.items() if k in per}, floor, metrics, paper=paper)
         if 't6_row9_coarse' in per:   # stage 2 against its own stage 1: the expected sign is 'the stage-1 output is worse'
             gain = claims(bt, {'t6_row9_coarse': ('9 without stage 2 (its stage-1 output)', -1)}, floor, metrics)
@@ -255,7 +258,7 @@ def write_glasses_claim(results: pd.DataFrame, # long-format results of Table 6 
     bt = paired_bootstrap(per, 't6_row9', metrics=metrics)
     w['eyeframe_bootstrap'] = atomic_write(out / f'eyeframe_bootstrap_{profile}.csv', lambda p: bt.to_csv(p, index=False))
     b = bt[bt.family == 'pooled']
-    rows, paper = table6_claim_rows(perceptual)
+    rows, paper = table6_claim_rows(perceptual, T6_LABELS)
     c = claims(bt, {k: v for k, v in rows.items() if k in per}, None, metrics, subset='eyeglasses', paper=paper)
     peers = sorted(n for n in per if n.startswith('peer_'))
     cp = claims(bt, {n: (n.replace('peer_', ''), -1) for n in peers}, None, metrics, subset='eyeglasses')
@@ -285,8 +288,7 @@ def _train_seconds(losses_csv) -> float:
 
 def _run_record(ckpt_path) -> dict:
     "How a stage run was trained (precision, threads), from its done.json; threads are missing from records before 0.1.1."
-    f = Path(ckpt_path).parent / 'done.json'
-    rec = json.loads(f.read_text()) if f.exists() else {}
+    rec = read_record(Path(ckpt_path).parent)
     return {'precision': rec.get('precision'), 'threads': rec.get('threads') or 'not recorded', 'capability': (rec.get('precision') or {}).get('capability')}
 
 def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, machine: dict, full: str = 't6_row9') -> dict:

@@ -127,10 +127,10 @@ def _per_family(results, build, **kw):
             except ValueError: pass
     return pd.concat(parts, ignore_index=True)
 
-def write_tables(results: pd.DataFrame, out_dir, profile: str = '', modules: dict | None = None) -> dict:
+def write_tables(results: pd.DataFrame, out_dir, profile: str = '',
+                 modules: dict | None = None, # Table 6 row (int) -> its module set, shown beside the row (e.g. experiments.TABLE6_ROWS)
+                ) -> dict:
     "Write Table 6, the stage-1 table and the peers table (CSV, markdown, LaTeX) into `out_dir`; returns the paths."
-    from twostage.experiments import TABLE6_ROWS
-    modules = modules or {i: m for i, (m, _) in TABLE6_ROWS.items()}
     out, written = Path(out_dir), {}
     p = perceptual_name(results)
     note = (f"Profile `{profile}`; code {', '.join(sorted(results.code_version.astype(str).unique()))}. "
@@ -240,16 +240,18 @@ def claims(boot: pd.DataFrame,          # `paired_bootstrap` output with `ref` a
                         'paper_diff': (paper or {}).get(name, {}).get(m, np.nan), 'verdict': verdict})
     return pd.DataFrame(out)
 
-def table6_claim_rows(perceptual: str | None = None) -> tuple:
+def table6_claim_rows(perceptual: str | None = None,
+                      labels: dict | None = None,  # Table 6 row (int) -> its module set (e.g. from experiments.TABLE6_ROWS); None: numbers only
+                     ) -> tuple:
     "(rows, paper differences) of Table 6 for `claims`: every row against row 9, the paper's sign."
-    from twostage.experiments import TABLE6_ROWS
     p9 = PAPER_TABLE6.iloc[8]; rows, paper = {}, {}
-    for i, (label, _) in TABLE6_ROWS.items():
+    for i in range(1, 10):
+        label = (labels or {}).get(i, '')
         if i == 9: continue
         pr = PAPER_TABLE6.iloc[i - 1]
         d = {'psnr': pr.paper_psnr - p9.paper_psnr, 'ssim': pr.paper_ssim - p9.paper_ssim}
         if perceptual: d[perceptual] = pr.paper_lpips - p9.paper_lpips
-        rows[f't6_row{i}'] = (f'{i}: {label}', int(np.sign(d['psnr']))); paper[f't6_row{i}'] = d
+        rows[f't6_row{i}'] = (f'{i}: {label}' if label else str(i), int(np.sign(d['psnr']))); paper[f't6_row{i}'] = d
     return rows, paper
 
 def claims_md(c: pd.DataFrame, title: str, note: str = '') -> str:

@@ -15,25 +15,23 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from .core import (UserError, composite, masked_input, seed_everything, get_device, stable_hash, atomic_save,
+from .core import (UserError, composite, masked_input, seed_everything, get_device, stable_hash, atomic_save, strict_from_dict,
                            atomic_write, code_version, to_01)
 from .masks import mask_batch
 from .models.twostage import ModelCfg, build_model, build_discriminators
 from .runtime import choose_precision, run_lock, PrecisionChoice
+from .models.twostage import STAGE2_FIELDS, TRAINING_STAGES
+from .runs import read_checkpoint, check_compatible, load_model   # checkpoints are read in one place
 from .losses import (LossCfg, reconstruction_loss, adversarial_g_loss, adversarial_d_loss,
                              relativistic_g_loss, relativistic_d_loss)
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE2_FIELDS', 'TRAIN_LATER_FIELDS', 'TrainCfg', 'stage_seed', 'resolve_precision', 'StepBatches',
-           'step_masks', 'dist_info', 'maybe_init_distributed', 'unwrap', 'all_gather_objects', 'TrainingDiverged',
-           'shared_vgg', 'Trainer', 'save_sample_grid', 'ImageTensorDataset', 'check_compatible', 'load_model',
-           'train_stages']
+__all__ = ['STAGES', 'TRAIN_LATER_FIELDS', 'TrainCfg', 'stage_seed', 'resolve_precision', 'StepBatches', 'step_masks',
+           'dist_info', 'maybe_init_distributed', 'unwrap', 'all_gather_objects', 'TrainingDiverged', 'shared_vgg',
+           'Trainer', 'save_sample_grid', 'ImageTensorDataset', 'tiny_checkpoint', 'train_stages']
 
 # %% ../nbs/12_train.ipynb #bcfab896
-STAGES = ('coarse', 'fine', 'joint')
-STAGE2_FIELDS = ('fine_base', 'fine_depth', 'fine_skips', 'fine_attention', 'fine_norm', 'fine_residual', 'fem',
-                 'fem_scales', 'n_fem', 'relativistic')  # what stage 1 never sees: runs differing only here share a stage-1 run
-
+STAGES = tuple(TRAINING_STAGES)   # 'coarse', 'fine', 'joint': what each does is a row of models.twostage.TRAINING_STAGES
 TRAIN_LATER_FIELDS = {'adv_warmup': 0, 'fine_seed': 0}
 
 @dataclass(frozen=True)
@@ -68,16 +66,13 @@ class TrainCfg:
         return {k: v for k, v in self.to_dict().items() if not (k in TRAIN_LATER_FIELDS and v == TRAIN_LATER_FIELDS[k])}
     @classmethod
     def from_dict(cls, d):
-        "Build from a dict; unknown keys raise (naming the valid ones), missing keys take the defaults."
-        names = [f.name for f in fields(cls)]
-        if bad := [k for k in d if k not in names]: raise ValueError(f"unknown TrainCfg field(s) {bad}; valid: {names}")
-        d = dict(d); d['betas'] = tuple(d.get('betas', (0.5, 0.999)))
-        return cls(**d)
+        "Build from a dict (`core.strict_from_dict`): unknown keys raise naming the valid ones, missing keys take the defaults."
+        return strict_from_dict(cls, d)
     def hash(self): return stable_hash(self.key_dict())
 
 def stage_seed(tcfg: TrainCfg, stage: str) -> int:
     "The seed of a stage's init, data order and masks: `seed`, or for stage 2 with a `fine_seed` a seed of its own."
-    return tcfg.seed + 7919 * tcfg.fine_seed if stage != 'coarse' and tcfg.fine_seed else tcfg.seed
+    return tcfg.seed + 7919 * tcfg.fine_seed if TRAINING_STAGES[stage].is_stage2 and tcfg.fine_seed else tcfg.seed
 
 def resolve_precision(tcfg: TrainCfg, model_cfg: ModelCfg, device=None, log=print) -> tuple:
     "(`tcfg` with a concrete precision and layout, the `PrecisionChoice`): 'auto' becomes what is fastest on this machine."
@@ -190,6 +185,7 @@ class Trainer:
                  precision_choice=None, # the `PrecisionChoice` a caller already made for `train_cfg` (recorded as is); else made here
                 ):
         if stage not in STAGES: raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self.S = S = TRAINING_STAGES[stage]   # what this stage trains, against what, from what
         self.device = get_device(device)
         if precision_choice is not None: self.precision_choice = precision_choice
         else: train_cfg, self.precision_choice = resolve_precision(train_cfg, model_cfg, self.device,
@@ -209,9 +205,9 @@ class Trainer:
         self.model = build_model(model_cfg).to(self.device)
         self.discs = build_discriminators(model_cfg).to(self.device)
         if init is not None:   # start from an earlier stage: stage 2 takes only stage 1's generator
-            ck = torch.load(init, map_location='cpu', weights_only=True)
-            check_compatible(ck, model_cfg, stage1_only=(stage == 'fine'))
-            _load_parts(self.model, ck['model'], ('coarse.',) if stage == 'fine' else ('coarse.', 'fine.'))
+            ck = read_checkpoint(init)
+            check_compatible(ck, model_cfg, stage1_only='fine.' not in S.init_parts)
+            _load_parts(self.model, ck['model'], S.init_parts)
         if train_cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
             self.discs = self.discs.to(memory_format=torch.channels_last)
@@ -230,9 +226,9 @@ class Trainer:
 
     # -- which modules train in which stage
     def _setup_trainable(self):
-        m, st = self.model, self.stage
-        _set_grad(m.coarse, st in ('coarse', 'joint')); _set_grad(m.fine, st in ('fine', 'joint'))
-        self.d_names = ['global'] + (['local'] if 'local' in self.discs else []) if st == 'coarse' else ['fine']
+        m, S = self.model, self.S
+        _set_grad(m.coarse, 'coarse' in S.trains); _set_grad(m.fine, 'fine' in S.trains)
+        self.d_names = ['global'] + (['local'] if 'local' in self.discs else []) if S.discriminators == 'stage1' else ['fine']
         for k in self.discs: _set_grad(self.discs[k], k in self.d_names)
         g_mod, d_mods = self.model, {k: self.discs[k] for k in self.d_names}
         if self.world > 1:
@@ -268,7 +264,7 @@ class Trainer:
         return D(torch.cat([real, fake])).chunk(2)
 
     def _stage_pred(self, out):
-        return (out['coarse'], out['coarse_out']) if self.stage == 'coarse' else (out['fine'], out['out'])
+        return tuple(out[k] for k in self.S.output)
 
     def train_step(self, image, mask):
         "One discriminator and one generator update; returns the loss terms (floats)."
@@ -276,7 +272,7 @@ class Trainer:
         image = image.to(self.device, memory_format=cl); mask = mask.to(self.device, memory_format=cl)
         kind, logs = self.lcfg.gan, {}
         with self._autocast():
-            out = self.G(image, mask, stage='coarse' if self.stage == 'coarse' else ('fine' if self.stage == 'fine' else 'both'))
+            out = self.G(image, mask, stage=self.S.forward)
             pred, comp = self._stage_pred(out)
         # discriminator step
         self.opt_d.zero_grad(set_to_none=True)
@@ -303,7 +299,7 @@ class Trainer:
                 logs[f'g_adv_{name}'] = l; adv = adv + l
             adv_w = self.lcfg.adversarial if self.step >= self.tcfg.adv_warmup else 0.
             g_loss = rec + adv_w * adv
-            if self.stage == 'joint':
+            if self.S.coarse_loss:
                 rec1, r1 = reconstruction_loss(out['coarse'].float(), image, mask, self.lcfg, self.vgg)
                 logs.update({f'g1_{k}': v for k, v in r1.items()}); g_loss = g_loss + rec1
         logs['g_total'] = g_loss; logs['d_total'] = d_loss
@@ -351,9 +347,9 @@ class Trainer:
 
     def load(self, path):
         "Restore everything from a checkpoint (a path or a loaded dict) of this same stage and configuration."
-        ck = path if isinstance(path, dict) else torch.load(path, map_location='cpu', weights_only=True)
-        check_compatible(ck, self.mcfg, self.stage, stage1_only=(self.stage == 'coarse'))
-        if self.stage == 'coarse':   # a stage-1 run is shared by configurations that differ only in stage 2
+        ck = path if isinstance(path, dict) else read_checkpoint(path)
+        check_compatible(ck, self.mcfg, self.stage, stage1_only=self.S.shared)
+        if self.S.shared:   # a stage-1 run is shared by configurations that differ only in stage 2
             _load_parts(self.model, ck['model'], ('coarse.',)); _load_parts(self.discs, ck['discs'], ('global.', 'local.'))
         else: self.model.load_state_dict(ck['model']); self.discs.load_state_dict(ck['discs'])
         self.opt_g.load_state_dict(ck['opt_g']); self.opt_d.load_state_dict(ck['opt_d']); self.scaler.load_state_dict(ck['scaler'])
@@ -373,9 +369,9 @@ class Trainer:
         "Mean absolute error inside the holes of fixed validation faces and masks (lower is better)."
         self.model.eval()
         image, mask = self._val_batch()
-        out = self.model(image, mask, stage='coarse' if self.stage == 'coarse' else 'both')
+        out = self.model(image, mask, stage=self.S.validate)
         self.model.train()
-        if self.stage == 'fine': self.model.coarse.eval()
+        if self.S.frozen_coarse: self.model.coarse.eval()
         err = ((out['out'] - image).abs() * mask).sum() / (mask.sum() * 3).clamp(min=1)
         return float(err), out
 
@@ -393,11 +389,11 @@ class Trainer:
 
     def _resume_from(self, last: Path):
         "The checkpoint to resume from: `last.pt`, or (when it cannot be read) the previous one, with a warning."
-        try: return torch.load(last, map_location='cpu', weights_only=True), last
+        try: return read_checkpoint(last), last
         except Exception as e: err = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         for alt in (self.out / 'last.prev.pt', self.out / 'best.pt'):
             if alt.exists():
-                try: ck = torch.load(alt, map_location='cpu', weights_only=True)
+                try: ck = read_checkpoint(alt)
                 except Exception: continue
                 self._last_bad = True   # never keep the unreadable file as 'previous'
                 warnings.warn(f"cannot read {last} ({err}); resuming from {alt.name} (step {ck.get('step')}) instead", stacklevel=3)
@@ -412,7 +408,7 @@ class Trainer:
         last = self.out / 'last.pt'
         if resume and (last.exists() or (self.out / 'last.prev.pt').exists()):
             ck, src = self._resume_from(last)
-            check_compatible(ck, self.mcfg, self.stage, stage1_only=(self.stage == 'coarse'))
+            check_compatible(ck, self.mcfg, self.stage, stage1_only=self.S.shared)
             if ck['step'] >= stop and src == last:       # finished earlier: nothing to do
                 self.step = ck['step']
                 self.trained_with = {'precision': ck.get('precision_choice'), 'threads': ck.get('threads')}   # not today's choice
@@ -433,7 +429,7 @@ class Trainer:
         dl = torch.utils.data.DataLoader(self.ds, batch_sampler=sampler, num_workers=self.tcfg.num_workers,
                                          collate_fn=lambda items: torch.stack([it['image'] for it in items]))
         self.model.train(); self.discs.train()
-        if self.stage == 'fine': self.model.coarse.eval()   # frozen stage 1: its batch-norm statistics must not move
+        if self.S.frozen_coarse: self.model.coarse.eval()   # frozen stage 1: its batch-norm statistics must not move
         end = stop if until is None else min(until, stop)
         bar = tqdm(total=stop, initial=self.step, desc=f'{self.stage}', disable=not self.progress, dynamic_ncols=True)
         rows, t0 = [], time.time()
@@ -491,34 +487,44 @@ class ImageTensorDataset(torch.utils.data.Dataset):
     def __len__(self): return len(self.images)
     def __getitem__(self, i): return {'image': self.images[i], 'eyeglasses': False, 'id': str(i), 'index': i}
 
-def check_compatible(ck: dict, model_cfg: ModelCfg, stage: str | None = None, stage1_only: bool = False):
-    "Raise a clear error when a checkpoint was written for another model configuration (or stage)."
-    saved, want = ModelCfg.from_dict(ck['model_cfg']).to_dict(), model_cfg.to_dict()
-    ignore = STAGE2_FIELDS if stage1_only else ()
-    diff = {k: (v, want.get(k)) for k, v in saved.items() if want.get(k) != v and k not in ignore}
-    if diff:
-        raise ValueError("checkpoint was trained with another model configuration; differing fields "
-                         + ', '.join(f'{k}: checkpoint {a!r} vs requested {b!r}' for k, (a, b) in diff.items()))
-    if stage is not None and ck.get('stage') != stage:
-        raise ValueError(f"checkpoint is from stage {ck.get('stage')!r}, not {stage!r}")
-
-def load_model(path, device=None, model_cfg: ModelCfg | None = None):
-    "Build the model saved in a checkpoint and load its weights (eval mode). Optionally check it matches `model_cfg`."
-    ck = torch.load(path, map_location='cpu', weights_only=True)
-    if model_cfg is not None: check_compatible(ck, model_cfg)
-    model = build_model(ModelCfg.from_dict(ck['model_cfg']))
-    model.load_state_dict(ck['model'])
-    return model.to(get_device(device)).eval(), ck
+def tiny_checkpoint(path,          # where to write the checkpoint (a .pt file)
+                    size: int = 32, # training side stored in the checkpoint
+                    stage: str = 'fine', # the stage the one training step runs
+                    **cfg_delta,    # ModelCfg fields to change (e.g. fem=False)
+                   ) -> Path:
+    "A tiny model trained for one step, saved exactly as the trainer saves checkpoints (for tests and examples)."
+    import dataclasses, shutil, tempfile
+    from twostage.models.twostage import TINY_CFG
+    cfg = dataclasses.replace(TINY_CFG, **cfg_delta)
+    g = torch.Generator().manual_seed(0)
+    faces = ImageTensorDataset(torch.rand(4, 3, size, size, generator=g) * 2 - 1)
+    tcfg = TrainCfg(size=size, batch_size=2, steps_coarse=1, steps_fine=1, n_val=2, mask_family='box',
+                    sample_every=0, ckpt_every=1, val_every=1)
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as d:
+        last = Trainer(cfg, LossCfg(perceptual=0., style=0.), tcfg, faces, d, stage=stage, device='cpu', progress=False).fit()
+        path.parent.mkdir(parents=True, exist_ok=True); shutil.copy(last, path)
+    return path
 
 # %% ../nbs/12_train.ipynb #d5bfc1af
-def train_stages(model_cfg, loss_cfg, train_cfg, dataset, out_dir, stages=('coarse', 'fine'), val_dataset=None,
-                 device=None, resume=True, init=None, progress=True, data_info=None):
-    "Train the given stages in order, each starting from the previous one's `last.pt`; returns {stage: checkpoint}."
-    out, ckpts, vgg = Path(out_dir), {}, None
+def train_stages(model_cfg, loss_cfg, train_cfg, dataset,
+                 out_dir,                  # a folder (each stage in `out_dir/<stage>`) or a function stage -> its run folder
+                 stages=('coarse', 'fine'), val_dataset=None, device=None, resume=True,
+                 init=None,                # checkpoint the first stage starts from (default: scratch)
+                 progress=True, data_info=None,
+                 on_step=None,             # called after every training step (e.g. the main job's time estimate)
+                 precision_choice=None,    # a `PrecisionChoice` already made for `train_cfg`
+                 on_stage_done=None,       # called as on_stage_done(stage, trainer, folder) when a stage has finished
+                ) -> dict:
+    "The one multi-stage driver: train `stages` in order, each from the previous one's `last.pt`; returns {stage: checkpoint}."
+    folder = out_dir if callable(out_dir) else (lambda st: Path(out_dir) / st)
+    ckpts, vgg = {}, None
     for st in stages:
-        t = Trainer(model_cfg, loss_cfg, train_cfg, dataset, out / st, stage=st, init=init, val_dataset=val_dataset,
-                    vgg=vgg, device=device, progress=progress, data_info=data_info)
+        t = Trainer(model_cfg, loss_cfg, train_cfg, dataset, folder(st), stage=st, init=init, val_dataset=val_dataset,
+                    vgg=vgg, device=device, progress=progress, on_step=on_step, data_info=data_info,
+                    precision_choice=precision_choice)
         vgg = t.vgg
         init = ckpts[st] = t.fit(resume=resume)
+        if on_stage_done is not None: on_stage_done(st, t, folder(st))
     return ckpts
 

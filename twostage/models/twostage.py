@@ -9,45 +9,59 @@ from dataclasses import dataclass, field, fields, replace
 import pandas as pd
 import torch
 from torch import nn
-from ..core import check_batch, masked_input, composite, stable_hash, figures_dir, atomic_write
+from ..core import check_batch, masked_input, composite, stable_hash, figures_dir, atomic_write, strict_from_dict
 from ..attention import ATTENTION, attention_maps, keep_attention_maps
 from .coarse import NORMS, ATTN_PLACES, PREFILLS, CoarseGenerator, count_params
 from .fine import FineNet
 from .discriminators import PatchDiscriminator, LocalDiscriminator, RelativisticDiscriminator
 
 # %% auto #0
-__all__ = ['LATER_FIELDS', 'PAPER_CFG', 'LITE_CFG', 'TINY_CFG', 'STAGES', 'ModelCfg', 'TwoStage', 'build_model',
-           'build_discriminators', 'param_counts', 'architecture_table', 'fig_architecture', 'save_architecture']
+__all__ = ['LATER_FIELDS', 'STAGE2_FIELDS', 'SIZE_FIELDS', 'PAPER_CFG', 'LITE_CFG', 'TINY_CFG', 'STAGES', 'TRAINING_STAGES',
+           'stage1', 'stage2', 'both_stages', 'ModelCfg', 'model_fields', 'TwoStage', 'build_model',
+           'build_discriminators', 'Stage', 'param_counts', 'architecture_table', 'fig_architecture',
+           'save_architecture']
 
 # %% ../../nbs/08_models.twostage.ipynb #854f5268
 LATER_FIELDS = {'coarse_prefill': 'none'}   # field -> default; left out of hashes at the default
 
+def _role(default, stage: int, size: bool):
+    return field(default=default, metadata={'stage': stage, 'size': size})
+def stage1(default, size=False):
+    "A field only stage 1 sees (coarse generator, global + local discriminators); `size`: a profile's sizes set it."
+    return _role(default, 1, size)
+def stage2(default, size=False):
+    "A field only stage 2 sees (refinement network, FEM, its discriminator): runs that differ only here share stage 1."
+    return _role(default, 2, size)
+def both_stages(default, size=False):
+    "A field of every discriminator, in both stages."
+    return _role(default, 0, size)
+
 @dataclass(frozen=True)
 class ModelCfg:
     "Everything that defines the generators and discriminators; frozen, hashable, JSON round-trippable."
-    coarse_base: int = 64            # coarse U-Net width of the first level
-    coarse_depth: int = 4            # stride-2 levels: 256 px -> 16 x 16 bottleneck
-    coarse_skips: bool = True        # U-Net skip connections
-    coarse_attention: str = 'cbam'   # mixed-domain attention kind ('cbam', 'self', 'channel', 'spatial', 'none')
-    coarse_attn_at: tuple = ('bottleneck', 'decoder') # where the coarse attention sits
-    coarse_norm: str = 'batch'       # coarse normalisation ('batch', 'instance', 'none')
-    coarse_res: int = 2              # residual blocks at the coarse bottleneck
-    coarse_prefill: str = 'none'     # 'none' (the paper) | 'pullpush': holes start from a smooth fill, U-Net predicts a residual
-    fine_base: int = 64              # fine network width of the first level
-    fine_depth: int = 3              # fine stride-2 levels: 256 px -> 32 x 32 for the FEM stack
-    fine_skips: bool = True          # fine encoder-decoder skips
-    fine_attention: str = 'cbam'     # attention kind inside the FEM / plain blocks
-    fem: bool = True                 # FEM blocks (False: single-scale plain blocks of equal weight count)
-    fem_scales: tuple = (1, 2, 4, 8) # dilation rates of the FEM branches
-    n_fem: int = 4                   # blocks in the fine network's middle
-    fine_norm: str = 'instance'      # fine normalisation
-    fine_residual: bool = False      # stage 2 predicts a correction of the coarse result (zero-initialised head)
-    disc_base: int = 64              # discriminator width of the first layer
-    disc_layers: int = 4             # stride-2 layers of every discriminator
-    local_disc: bool = True          # stage 1 has a local discriminator besides the global one
-    local_crop: float = 0.5          # local crop side as a fraction of the image side
-    relativistic: bool = True        # stage 2 discriminator is relativistic (RaGAN)
-    spectral_norm: bool = True       # spectral norm in every discriminator
+    coarse_base: int = stage1(64, size=True)            # coarse U-Net width of the first level
+    coarse_depth: int = stage1(4, size=True)            # stride-2 levels: 256 px -> 16 x 16 bottleneck
+    coarse_skips: bool = stage1(True)                   # U-Net skip connections
+    coarse_attention: str = stage1('cbam')              # mixed-domain attention kind ('cbam', 'self', 'channel', 'spatial', 'none')
+    coarse_attn_at: tuple = stage1(('bottleneck', 'decoder'))# where the coarse attention sits
+    coarse_norm: str = stage1('batch')                  # coarse normalisation ('batch', 'instance', 'none')
+    coarse_res: int = stage1(2, size=True)              # residual blocks at the coarse bottleneck
+    coarse_prefill: str = stage1('none')                # 'none' (the paper) | 'pullpush': holes start from a smooth fill, U-Net predicts a residual
+    fine_base: int = stage2(64, size=True)              # fine network width of the first level
+    fine_depth: int = stage2(3, size=True)              # fine stride-2 levels: 256 px -> 32 x 32 for the FEM stack
+    fine_skips: bool = stage2(True)                     # fine encoder-decoder skips
+    fine_attention: str = stage2('cbam')                # attention kind inside the FEM / plain blocks
+    fem: bool = stage2(True)                            # FEM blocks (False: single-scale plain blocks of equal weight count)
+    fem_scales: tuple = stage2((1, 2, 4, 8))            # dilation rates of the FEM branches
+    n_fem: int = stage2(4, size=True)                   # blocks in the fine network's middle
+    fine_norm: str = stage2('instance')                 # fine normalisation
+    fine_residual: bool = stage2(False)                 # stage 2 predicts a correction of the coarse result (zero-initialised head)
+    disc_base: int = both_stages(64, size=True)         # discriminator width of the first layer
+    disc_layers: int = both_stages(4, size=True)        # stride-2 layers of every discriminator
+    local_disc: bool = stage1(True)                     # stage 1 has a local discriminator besides the global one
+    local_crop: float = stage1(0.5)                     # local crop side as a fraction of the image side
+    relativistic: bool = stage2(True)                   # stage 2 discriminator is relativistic (RaGAN)
+    spectral_norm: bool = both_stages(True)             # spectral norm in every discriminator
 
     def __post_init__(self):
         for name in ('coarse_attn_at', 'fem_scales'):    # JSON gives lists, a single place may come as a string
@@ -65,11 +79,8 @@ class ModelCfg:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
     @classmethod
     def from_dict(cls, d: dict) -> ModelCfg:
-        "Build from a dict; unknown keys raise, missing keys take the defaults."
-        names = [f.name for f in fields(cls)]
-        bad = [k for k in d if k not in names]
-        if bad: raise ValueError(f"unknown ModelCfg field(s) {bad}; valid: {names}")
-        return cls(**d)
+        "Build from a dict (`core.strict_from_dict`): unknown keys raise naming the valid ones, missing keys take the defaults."
+        return strict_from_dict(cls, d)
     def to_json(self) -> str: return json.dumps(self.to_dict(), sort_keys=True)
     @classmethod
     def from_json(cls, s: str) -> ModelCfg: return cls.from_dict(json.loads(s))
@@ -83,6 +94,15 @@ class ModelCfg:
     def multiple(self) -> int:
         "Image sides must be multiples of this."
         return math.lcm(2 ** self.coarse_depth, 2 ** self.fine_depth)
+
+# %% ../../nbs/08_models.twostage.ipynb #a2aac13b
+def model_fields(stage: int | None = None, size: bool | None = None) -> tuple:
+    "Names of the `ModelCfg` fields with this role: `stage` 1, 2 or 0 (both stages' discriminators); `size` set by profiles."
+    return tuple(f.name for f in fields(ModelCfg)
+                 if (stage is None or f.metadata['stage'] == stage) and (size is None or f.metadata['size'] == size))
+
+STAGE2_FIELDS = model_fields(stage=2)   # what stage 1 never sees: runs differing only here share a stage-1 run
+SIZE_FIELDS = model_fields(size=True)   # what a profile's sizes set (twostage.experiments.Profile)
 
 # %% ../../nbs/08_models.twostage.ipynb #56cefd6a
 PAPER_CFG = ModelCfg()
@@ -140,6 +160,31 @@ def build_discriminators(cfg: ModelCfg = PAPER_CFG) -> nn.ModuleDict:
     if cfg.local_disc: d['local'] = LocalDiscriminator(cfg.local_crop, 3, cfg.disc_base, cfg.disc_layers, cfg.spectral_norm)
     d['fine'] = RelativisticDiscriminator(patch()) if cfg.relativistic else patch()
     return nn.ModuleDict(d)
+
+# %% ../../nbs/08_models.twostage.ipynb #4eab4ea9
+@dataclass(frozen=True)
+class Stage:
+    "What one training stage does; the rows of `TRAINING_STAGES` are the only place that says so."
+    name: str
+    trains: tuple           # generator parts whose weights this stage updates ('coarse', 'fine')
+    discriminators: str     # 'stage1': global (+ local when the model has one); 'stage2': the fine (relativistic) one
+    forward: str            # `TwoStage.forward(stage=...)` while training
+    validate: str           # `TwoStage.forward(stage=...)` for validation and samples
+    output: tuple           # (prediction, composite): the keys of the forward output that the losses see
+    init_parts: tuple       # state-dict prefixes taken from the previous stage's checkpoint
+    folder: str             # run folder under runs/<profile>/
+    shared: bool = False    # a run serves every configuration that differs only in STAGE2_FIELDS
+    coarse_loss: bool = False  # the coarse prediction also gets the reconstruction loss
+    @property
+    def frozen_coarse(self) -> bool: return 'coarse' not in self.trains   # stage 1 kept fixed (eval mode: no batch-norm updates)
+    @property
+    def is_stage2(self) -> bool: return self.folder == 'stage2'
+
+TRAINING_STAGES = {s.name: s for s in (
+    Stage('coarse', ('coarse',), 'stage1', 'coarse', 'coarse', ('coarse', 'coarse_out'), ('coarse.', 'fine.'), 'stage1', shared=True),
+    Stage('fine', ('fine',), 'stage2', 'fine', 'both', ('fine', 'out'), ('coarse.',), 'stage2'),
+    Stage('joint', ('coarse', 'fine'), 'stage2', 'both', 'both', ('fine', 'out'), ('coarse.', 'fine.'), 'stage2', coarse_loss=True),
+)}
 
 # %% ../../nbs/08_models.twostage.ipynb #acaaa543
 def param_counts(cfg: ModelCfg) -> dict:
