@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 # %% auto #0
-__all__ = ['to_m11', 'to_01', 'pil_to_tensor', 'tensor_to_pil', 'mask_to_tensor', 'check_batch', 'masked_input', 'composite',
-           'hole_ratio', 'UserError', 'seed_everything', 'get_device', 'check_device', 'repo_root', 'default_data_dir',
-           'data_dir', 'runs_dir', 'figures_dir', 'stable_hash', 'code_version', 'atomic_write', 'atomic_save',
-           'strict_from_dict']
+__all__ = ['PANEL', 'to_m11', 'to_01', 'pil_to_tensor', 'tensor_to_pil', 'mask_to_tensor', 'check_batch', 'masked_input',
+           'composite', 'hole_ratio', 'panel_columns', 'UserError', 'seed_everything', 'get_device', 'check_device',
+           'repo_root', 'default_data_dir', 'data_dir', 'runs_dir', 'figures_dir', 'stable_hash', 'code_version',
+           'atomic_write', 'atomic_save', 'strict_from_dict']
 
 # %% ../nbs/00_core.ipynb #a89ee413
 def to_m11(x):
@@ -78,6 +78,18 @@ def composite(pred, image, mask):
 def hole_ratio(mask) -> torch.Tensor:
     "Fraction of hole pixels per mask: B x 1 x H x W -> B."
     return mask.flatten(1).float().mean(1)
+
+# %% ../nbs/00_core.ipynb #f86af439
+PANEL = ('masked', 'coarse', 'fine', 'real')   # the order of every result panel
+
+def panel_columns(image,  # B x 3 x H x W in [-1, 1]
+                  mask,   # B x 1 x H x W, 1 = hole
+                  out: dict, # a `TwoStage` output: 'coarse_out', and 'fine' / 'out' when stage 2 ran
+                 ) -> list:
+    "[(name, B x 3 x H x W in [-1, 1])] in `PANEL` order: masked input (holes white), coarse, fine (if run), real."
+    cols = {'masked': (masked_input(image, mask) + mask).clamp(-1, 1), 'coarse': out['coarse_out'],
+            'fine': out['out'] if out.get('fine') is not None else None, 'real': image}
+    return [(k, cols[k]) for k in PANEL if cols[k] is not None]
 
 # %% ../nbs/00_core.ipynb #cc200a7d
 class UserError(Exception):

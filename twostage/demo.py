@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 import matplotlib.pyplot as plt
 
-from .core import repo_root, runs_dir, pil_to_tensor, tensor_to_pil, to_01, masked_input, atomic_write
+from .core import repo_root, runs_dir, pil_to_tensor, tensor_to_pil, to_01, masked_input, atomic_write, panel_columns, PANEL
 from . import masks as M
 from .inpaint import prepare, load_inpainter, _size_for, RELEASE
 from .runs import find_runs
@@ -150,10 +150,10 @@ def fig_panel(result: dict, # from `run`
               title: str | None = None, # extra text before the metrics
              ) -> plt.Figure:
     "Masked input / coarse / fine / original side by side, PSNR and SSIM in the title."
-    panels = [('masked input', result['masked'] + result['mask']),   # holes shown white
-              ('coarse (stage 1)', result['coarse']),
-              ('fine (stage 2)' if result['fine'] is not None else 'fine: not run', result['out'] if result['fine'] is not None else None),
-              ('original', result['image'])]
+    cols = dict(panel_columns(result['image'], result['mask'],          # the project's one panel (twostage.core.PANEL)
+                              {'coarse_out': result['coarse'], 'fine': result['fine'], 'out': result['out']}))
+    titles = {'masked': 'masked input', 'coarse': 'coarse (stage 1)', 'fine': 'fine (stage 2)', 'real': 'original'}
+    panels = [(titles[k] if k in cols else 'fine: not run', cols.get(k)) for k in PANEL]
     fig, axs = plt.subplots(1, 4, figsize=(10, 2.9))
     for ax, (t, x) in zip(axs, panels):
         if x is None: ax.axis('off'); ax.set_title(t, fontsize=9)

@@ -11,7 +11,7 @@ import torch
 import matplotlib
 import matplotlib.pyplot as plt
 
-from .core import to_01, masked_input, atomic_write, figures_dir
+from .core import to_01, masked_input, atomic_write, figures_dir, panel_columns
 from .masks import BUCKETS
 
 # %% auto #0
@@ -39,9 +39,9 @@ def fig_qualitative(model,             # a TwoStage model (eval mode)
                     title: str = '') -> plt.Figure:
     "Rows: masked input, coarse, fine, ground truth; one column per face."
     out = model(images, masks, stage='both')
-    rows = [('masked', masked_input(images, masks) + masks), ('coarse', out['coarse_out']), ('fine', out['out']), ('real', images)]
+    rows = panel_columns(images, masks, out)   # the project's one panel: masked, coarse, fine, real
     n = len(images)
-    fig, axs = plt.subplots(4, n, figsize=(1.3 * n, 1.3 * 4 + 0.3), squeeze=False)
+    fig, axs = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.3 * len(rows) + 0.3), squeeze=False)
     for r, (name, x) in enumerate(rows):
         for c in range(n):
             _img(axs[r, c], x[c], (labels[c] if labels and r == 0 else None))

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from .core import (UserError, composite, masked_input, seed_everything, get_device, stable_hash, atomic_save, strict_from_dict,
-                           atomic_write, code_version, to_01)
+                           atomic_write, code_version, to_01, panel_columns)
 from .masks import mask_batch
 from .models.twostage import ModelCfg, build_model, build_discriminators
 from .runtime import choose_precision, run_lock, PrecisionChoice
@@ -474,9 +474,7 @@ def save_sample_grid(path, image, mask, out, n: int = 8):
     "Save rows of masked input / coarse / fine / real (one column per face) as a PNG."
     import torchvision.utils as vu
     n = min(n, image.shape[0])
-    rows = [masked_input(image[:n], mask[:n]) + mask[:n], out['coarse_out'][:n]]
-    if out.get('fine') is not None: rows.append(out['out'][:n])
-    rows.append(image[:n])
+    rows = [x for _, x in panel_columns(image[:n], mask[:n], {k: v[:n] if v is not None else None for k, v in out.items()})]
     grid = vu.make_grid(to_01(torch.cat(rows).float().cpu()), nrow=n, padding=1)
     atomic_write(path, lambda p: vu.save_image(grid, p, format='png'))
     return path
