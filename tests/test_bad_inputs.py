@@ -10,8 +10,9 @@ from PIL import Image
 
 from twostage.train import tiny_checkpoint
 
-from twostage.inpaint import read_mask, main as inpaint_main
-from twostage.evaluate import main as eval_main, RESULT_COLUMNS
+from twostage.inpaint import read_mask
+from twostage.commands import inpaint_main, eval_main
+from twostage.evaluate import RESULT_COLUMNS
 
 torch.set_num_threads(1)
 BIN = Path(sys.executable).parent

@@ -43,8 +43,7 @@ def test_train_from_config_file(faces_dir, tmp_path):
 
 def test_train_named_experiment_then_eval_then_inpaint(faces_dir, tmp_path, capsys):
     _, train_main = _entry('twostage-train')
-    from twostage.evaluate import main as eval_main
-    from twostage.inpaint import main as inpaint_main
+    from twostage.commands import eval_main, inpaint_main
     train_main(['--experiment', 'full', '--profile', 'smoke', '--data', str(faces_dir), '--out', str(tmp_path / 'runs'),
                 '--device', 'cpu'])
     ck = next((tmp_path / 'runs' / 'smoke' / 'stage2').glob('*/last.pt'))

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from twostage.evaluate import main as eval_main, read_mask_folder, RESULT_COLUMNS
+from twostage.evaluate import read_mask_folder, RESULT_COLUMNS
+from twostage.commands import eval_main
 
 N = 64   # mask side; the tiny checkpoint evaluates at 32 px, so every mask is also resized
 

@@ -131,7 +131,7 @@ def test_inpaint_backend_onnxruntime_matches_torch(tmp_path):
     import numpy as np
     from PIL import Image
     from twostage.train import tiny_checkpoint
-    from twostage.inpaint import main as inpaint_main
+    from twostage.commands import inpaint_main
     ck = tiny_checkpoint(tmp_path / 'tiny.pt', size=32)
     Image.fromarray(np.random.RandomState(0).randint(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / 'p.png')
     m = np.zeros((48, 64), np.uint8); m[10:30, 20:40] = 255; Image.fromarray(m).save(tmp_path / 'm.png')

@@ -17,12 +17,11 @@ from .data import index_faces, UnreadableImage, _list_images
 from .masks import write_eval_masks, load_eval_masks, bucket_of
 from .metrics import image_metrics, build_perceptual_metric
 from .inpaint import read_mask, crop_box, INVERTED_ABOVE
-from .cli import guard
 
 # %% auto #0
 __all__ = ['RESULT_COLUMNS', 'MASK_POLARITY', 'ID_COLUMNS', 'eval_faces', 'eval_masks', 'load_images', 'border_contact',
            'read_mask_folder', 'folder_faces', 'mask_source', 'pair_indices', 'evaluate', 'summarise', 'model_fn',
-           'eval_stage', 'main']
+           'eval_stage']
 
 # %% ../nbs/13_evaluate.ipynb #37ef051d
 RESULT_COLUMNS = ['experiment', 'config_hash', 'code_version', 'seed', 'split', 'profile', 'stage', 'size',
@@ -267,89 +266,3 @@ def _check_new_file(path: Path, overwrite: bool, flag: str = '--out'):
         raise UserError(f"{flag} {path} already exists; pass --overwrite to replace it, or choose another file name")
 
 def _note(msg: str): print(f"twostage-eval: note: {msg}", file=sys.stderr)
-
-@guard('twostage-eval')
-def main(argv=None):
-    "Console entry point: `twostage-eval`."
-    import argparse
-    from twostage.experiments import get_profile
-    from twostage.inpaint import load_inpainter
-    from twostage.core import stable_hash
-    p = argparse.ArgumentParser(prog='twostage-eval', description='Evaluate a checkpoint under a fixed protocol.')
-    p.add_argument('--checkpoint', default='release',
-                   help="last.pt / best.pt written by twostage-train (default: the shipped 128 px release model)")
-    p.add_argument('--profile', help="protocol (faces, families, counts) of this profile (default: 'release' for the shipped "
-                   "model, else 'cpu')")
-    p.add_argument('--data', help="faces whose test split the profile draws from (default: $TWOSTAGE_DATA or the bundled faces)")
-    p.add_argument('--faces', help="any folder of face images (CelebA-HQ, FFHQ, your own; searched recursively) instead of "
-                   "the profile's test faces: ALL its images, sorted by name, unless --n-faces limits them (a CelebA folder "
-                   "with list_eval_partition.txt: its test partition)")
-    p.add_argument('--n-faces', type=int, help='keep only the first N faces (of --faces, or of each profile subset)')
-    p.add_argument('--masks', help="a saved evaluation mask set (a folder with manifest.csv), used as is; or any folder of "
-                   "mask images (e.g. NVIDIA's irregular test masks, LaMa's thin/medium/thick subfolders), every mask resized "
-                   "with nearest neighbour, results per hole-area bucket, family = subfolder ('folder' if flat) and "
-                   "<family>/border, <family>/no_border; otherwise the profile's set is built in this folder (default: runs/)")
-    p.add_argument('--mask-polarity', default='check', choices=list(MASK_POLARITY),
-                   help="for a mask folder: check (default): white/255/1 = hole, refuse masks that look inverted (over 90%% "
-                   "hole); auto: invert a family whose median hole is over 50%%, and any mask over 90%%; white-hole: as "
-                   "stored; black-hole: invert every mask")
-    p.add_argument('--size', type=int, help="evaluation side in pixels (default: the checkpoint's training size); faces: "
-                   "centre crop + bicubic resize, masks: centre crop + nearest neighbour")
-    p.add_argument('--limit', type=int, help='at most N (face, mask) pairs per mask family, evenly spaced (quick runs)')
-    p.add_argument('--stage', default='auto', choices=['auto', 'both', 'coarse'],
-                   help="auto (default): 'coarse' for a stage-1 checkpoint, else 'both'; both: the final output; coarse: the stage-1 output")
-    p.add_argument('--out', default='results.csv', help='results CSV (long format); an existing file needs --overwrite')
-    p.add_argument('--overwrite', action='store_true', help='replace an existing --out file')
-    p.add_argument('--device', help='cpu, cuda, ... (default: cuda when present)')
-    p.add_argument('--debug', action='store_true', help='show the full traceback on errors')
-    a = p.parse_args(argv)
-    check_device(a.device)
-    out = Path(a.out); _check_new_file(out, a.overwrite)
-    for flag, v in (('--n-faces', a.n_faces), ('--size', a.size), ('--limit', a.limit)):
-        if v is not None and v < 1: raise UserError(f"{flag} must be a positive number, got {v}")
-    if a.faces and a.data: raise UserError("give --faces (any folder, all its faces) or --data (the profile's test split), not both")
-    if a.profile: get_profile(a.profile)  # a mistyped name fails before anything is loaded
-    src = mask_source(a.masks)
-    model, ck = load_inpainter(a.checkpoint, device=a.device)
-    prof = get_profile(a.profile or ('release' if 'release' in ck else 'cpu'))
-    stage, note = eval_stage(ck.get('stage', 'fine'), a.stage)
-    if note: _note(note)
-    size, k = a.size or model.train_size, getattr(model, 'multiple', 1)
-    if size % k: raise UserError(f"--size {size}: this model needs a multiple of {k}, e.g. {-(-size // k) * k}")
-    if a.faces:
-        df = folder_faces(a.faces, a.n_faces); picks, split = {'all': df}, df.attrs['split']
-        _note(f"faces: {len(df)} from {df.attrs['root']} ({'its test partition' if split == 'test' else 'every image of the folder'}"
-              f"{', the first ' + str(a.n_faces) if a.n_faces else ''})")
-    else:
-        faces = prof.faces(a.data)
-        picks, split = eval_faces(faces, prof.n_test, prof.n_glasses), 'test'
-        if not len(picks['all']):
-            raise UserError(f"{faces.root}: none of its {len(faces.df)} images falls in the test split; "
-                            "evaluation needs a larger folder of faces (a few dozen at least)")
-        if a.n_faces: picks = {s: v.head(a.n_faces) for s, v in picks.items()}
-    sets = {s: load_images(v, size) for s, v in picks.items()}
-    if src == 'folder':
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')    # the same notes are printed below, once
-            man, m = read_mask_folder(a.masks, size, MASK_POLARITY[a.mask_polarity], limit=a.limit)
-        for n in man.attrs['notes']: _note(n)
-        masks, fams = (man, m), list(dict.fromkeys(man.family))
-        _note(f"masks: {len(man)} from {a.masks} at {size} px, families {', '.join(fams)}")
-    else:
-        masks = Path(a.masks) if src == 'saved' else eval_masks(size, prof.families, max(prof.n_test, prof.n_glasses), root=a.masks)
-        have = list(dict.fromkeys(pd.read_csv(masks / 'manifest.csv', dtype={'family': str}).family))
-        fams = [f for f in prof.families if f in have]
-        if not fams and src == 'saved':   # a set made for another protocol: all of its families
-            fams = have; _note(f"{masks} holds none of profile {prof.name}'s families; evaluating its own: {', '.join(have)}")
-    per = evaluate(model_fn(model, stage, a.device), sets, masks, fams, build_perceptual_metric(), prof.eval_batch,
-                   progress=True, limit=a.limit)
-    res = summarise(per, Path(a.checkpoint).resolve().parent.name, stable_hash(ck['model_cfg']), split=split, stage=stage,
-                    size=size, profile=prof.name)
-    atomic_write(out, lambda p: res.to_csv(p, index=False))
-    tab = res[res.bucket == 'all'].pivot_table(index=['subset', 'family'], columns='metric', values='value')
-    print(tab.round(4).to_string())
-    if src == 'folder':
-        byb = res[res.subset == 'all'].pivot_table(index=['family', 'bucket'], columns='metric', values='value')
-        print(byb.round(4).to_string())
-    print(f"wrote {out} (stage {stage}, {size} px, profile {prof.name})")
-    return 0

@@ -12,12 +12,11 @@ from PIL import Image
 
 from .core import pil_to_tensor, tensor_to_pil, get_device, atomic_write, UserError, check_device
 from .data import load_image, UnreadableImage, IMG_EXTS, to_rgb
-from .cli import guard
 
 # %% auto #0
 __all__ = ['INVERTED_ABOVE', 'MASK_FORMATS', 'RELEASE', 'OUT_FORMATS', 'crop_box', 'prepare', 'read_mask', 'prepare_mask',
            'paste_back', 'load_inpainter', 'inpaint_image', 'out_format', 'save_image', 'pair_files', 'plan_folder',
-           'inpaint_folder', 'main']
+           'inpaint_folder']
 
 # %% ../nbs/14_inpaint.ipynb #7c298dee
 def crop_box(w: int, h: int) -> tuple:
@@ -368,61 +367,3 @@ def _check_single(a):
     if out.exists() and not a.overwrite:
         raise UserError(f"--out {out} already exists; pass --overwrite to replace it, or choose another file name")
     return out
-
-@guard('twostage-inpaint')
-def main(argv=None):
-    "Console entry point: `twostage-inpaint`."
-    import argparse
-    p = argparse.ArgumentParser(prog='twostage-inpaint', description='Inpaint photos with a trained twostage model. '
-                                'Masks: white/255 = hole. Photos of any size are centre-cropped to a square, resized to '
-                                'the model size, and only the hole pixels of the original are replaced.')
-    p.add_argument('--checkpoint', help='last.pt / best.pt written by twostage-train (default: the shipped 128 px release model)')
-    p.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime'],
-                   help="run the model in PyTorch, or in onnxruntime (needs the 'onnx' extra; exported on the fly unless --onnx)")
-    p.add_argument('--onnx', help='an ONNX file written by twostage-export (with --backend onnxruntime)')
-    p.add_argument('--image', help='one photo')
-    p.add_argument('--mask', help='its mask: white/255 = hole; also read: 0/1 (1 = hole), 1-bit, RGB (brightest channel '
-                   '>= 128 = hole), RGBA with transparency (transparent = hole); other value ranges are refused')
-    p.add_argument('--images', help='a folder of photos'); p.add_argument('--masks', help='a folder of masks (formats as --mask)')
-    p.add_argument('--out', required=True, help='output file (with --image; .png .jpg .jpeg .webp .bmp .tif .tiff) '
-                   'or folder (with --images)')
-    p.add_argument('--ext', choices=['png', 'jpg', 'jpeg', 'webp', 'bmp', 'tif', 'tiff'],
-                   help='format of the results in folder mode (default: png)')
-    p.add_argument('--overwrite', action='store_true', help='replace existing results (inputs are never overwritten)')
-    p.add_argument('--pair', default='name', choices=['name', 'order'], help='pair folder files by stem or sorted order')
-    p.add_argument('--stage', default='both', choices=['both', 'coarse'])
-    p.add_argument('--size', type=int, help="model input side (default: the checkpoint's training size)")
-    p.add_argument('--invert-mask', default='check', choices=['check', 'yes', 'no', 'auto'],
-                   help='check: refuse masks >90%% hole (they look inverted); yes: invert; no: never; auto: invert when they look inverted')
-    p.add_argument('--experiment', help='check the checkpoint is this experiment (needs --profile)')
-    p.add_argument('--profile', help='profile of --experiment (smoke | cpu | gpu)')
-    p.add_argument('--device', help='cpu, cuda, ... (default: cuda when present)')
-    p.add_argument('--debug', action='store_true', help='show the full traceback on errors')
-    a = p.parse_args(argv)
-    if bool(a.image) == bool(a.images): p.error('give either --image and --mask, or --images and --masks')
-    if a.image and not a.mask: p.error('--image needs --mask')
-    if a.images and not a.masks: p.error('--images needs --masks')
-    if a.image and a.ext: p.error('--ext is for folder mode; with --image the --out extension chooses the format')
-    if (a.experiment or a.profile) and not (a.experiment and a.profile): p.error('--experiment and --profile go together')
-    invert = {'check': None, 'yes': True, 'no': False, 'auto': 'auto'}[a.invert_mask]
-    check_device(a.device)                                        # every refusal before the model is loaded
-    if a.image: out = _check_single(a)
-    else: plan_folder(a.images, a.masks, a.out, a.pair, a.ext or 'png', a.overwrite)
-    mcfg = None
-    if a.experiment:
-        from twostage import experiments as X
-        mcfg = X.get_profile(a.profile).model_cfg(X.get_experiment(a.experiment))
-    model, ck = load_inpainter(_resolve_checkpoint(a), device=a.device, model_cfg=mcfg)
-    model = _backend(model, a)
-    kw = dict(stage=a.stage, size=a.size, invert=invert)
-    if a.image:
-        res, info = inpaint_image(model, a.image, a.mask, **kw)
-        for w in info['warnings']: print(f'warning: {w}', file=sys.stderr)
-        save_image(res, out)
-        print(json.dumps({'out': str(out), 'note': info['note'], 'warnings': info['warnings']}))
-        return 0
-    rep = inpaint_folder(model, a.images, a.masks, a.out, pair=a.pair, progress=True, ext=a.ext or 'png',
-                         overwrite=a.overwrite, **kw)
-    for s in rep['skipped']: print(f"skipped {s['image']}: {s['reason']}", file=sys.stderr)
-    print(json.dumps(rep['count']))
-    return 0
