@@ -12,8 +12,8 @@ from .runtime import cpu_capability, native_bf16
 from .models.twostage import ModelCfg, PAPER_CFG, LITE_CFG, TINY_CFG, STAGES, build_model
 
 # %% auto #0
-__all__ = ['PRESETS', 'TRAIN_VARIANTS', 'RECIPE_VARIANTS', 'bench_forward', 'bench_train_step', 'train_table', 'recipe_table',
-           'forward_table', 'main']
+__all__ = ['PRESETS', 'TRAIN_VARIANTS', 'bench_forward', 'bench_train_step', 'train_table', 'recipe_table', 'forward_table',
+           'main']
 
 # %% ../nbs/90_bench.ipynb #48c6bf5a
 PRESETS = {'PAPER': PAPER_CFG, 'LITE': LITE_CFG}
@@ -126,21 +126,7 @@ def train_table(configs=('PAPER', 'LITE'), sizes=(64, 128), variants=('fp32', 'b
     return rows
 
 # %% ../nbs/90_bench.ipynb #a8969783
-RECIPE_VARIANTS = {   # name -> deltas on the profile's full model: {'model': {...}, 'loss': {...}, 'train': {...}}
-    'profile': {},
-    'batch_norm': {'model': {'coarse_norm': 'batch'}},
-    'lr_2e-4': {'train': {'lr_g': 2e-4}},
-    'lr_2e-3': {'train': {'lr_g': 2e-3}},
-    'constant_lr': {'train': {'lr_schedule': 'constant'}},
-    'fp32': {'train': {'precision': 'fp32', 'channels_last': False}},
-    'l1_no_gan': {'loss': {'perceptual': 0., 'style': 0., 'adversarial': 0.}},   # L1 terms alone, no discriminator term
-    'coarse_base_32': {'model': {'coarse_base': 32}},
-    'pullpush': {'model': {'coarse_prefill': 'pullpush'}},   # holes start from a pull-push fill, the U-Net predicts a residual
-    'adv_warmup': {'train': {'adv_warmup': 300}},            # no adversarial term in the first 300 steps
-    'pullpush_warmup': {'model': {'coarse_prefill': 'pullpush'}, 'train': {'adv_warmup': 300}},
-}
-
-def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l1_no_gan'), # keys of `RECIPE_VARIANTS`
+def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l1_no_gan'), # keys of `experiments.RECIPES`
                  profile='cpu',      # a profile name or `twostage.experiments.Profile`
                  steps: int = 1500,  # stage-1 steps per variant
                  n_faces: int = 60,  # test faces per mask family
@@ -151,14 +137,14 @@ def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l
     import dataclasses, tempfile
     import pandas as pd
     from twostage.core import runs_dir
-    from twostage.experiments import get_profile, EXPERIMENTS
+    from twostage.experiments import get_profile, RECIPES
     from twostage.evaluate import eval_faces, eval_masks, load_images, evaluate, model_fn
     from twostage.peers import inpaint_peer
     from twostage.train import Trainer
-    bad = [v for v in variants if v not in RECIPE_VARIANTS]
-    if bad: raise ValueError(f"unknown variant(s) {bad}; valid: {list(RECIPE_VARIANTS)}")
+    bad = [v for v in variants if v not in RECIPES]
+    if bad: raise ValueError(f"unknown variant(s) {bad}; valid: {list(RECIPES)}")
     P = get_profile(profile) if isinstance(profile, str) else profile
-    exp, size = EXPERIMENTS['s1_full'], P.train.size
+    size = P.train.size
     faces = P.faces(data)
     images = {'all': load_images(eval_faces(faces, n_faces, 0)['all'], size)}
     masks = eval_masks(size, families, n_faces, root=runs_dir(runs) / P.name)
@@ -173,10 +159,9 @@ def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l
     if peer: score(peer, lambda i, m: inpaint_peer(peer, i, m), 0.)
     train = faces.dataset('train', cache=True)
     for v in variants:
-        d = RECIPE_VARIANTS[v]
-        m = dataclasses.replace(P.model_cfg(exp), **d.get('model', {}))
-        l = dataclasses.replace(P.loss_cfg(exp), **d.get('loss', {}))
-        t = dataclasses.replace(P.train_cfg(exp), steps_coarse=steps, sample_every=0, **d.get('train', {}))
+        exp = RECIPES[v]   # one delta over the profile's full model, loss and training settings
+        m, l = P.model_cfg(exp), P.loss_cfg(exp)
+        t = dataclasses.replace(P.train_cfg(exp), steps_coarse=steps, sample_every=0)
         with tempfile.TemporaryDirectory() as tmp:
             tr = Trainer(m, l, t, train, tmp, stage='coarse', val_dataset=faces.dataset('val'), device=device, progress=False)
             t0 = time.time(); tr.fit(resume=False); sec = time.time() - t0
@@ -203,6 +188,7 @@ def forward_table(configs=('PAPER', 'LITE'), # names in `PRESETS`
 @guard('python -m twostage.bench')
 def main(argv=None):
     "Entry point: `python -m twostage.bench forward ...`."
+    from twostage.experiments import RECIPES
     p = argparse.ArgumentParser(prog='python -m twostage.bench', description='twostage benchmarks')
     sub = p.add_subparsers(dest='cmd', required=True)
     f = sub.add_parser('forward', help='forward time per image (inference mode)')
@@ -224,7 +210,7 @@ def main(argv=None):
     t.add_argument('--csv', default=None, help='also write the rows to this CSV')
     r = sub.add_parser('recipe', help="short stage-1 runs of a profile's full model, one per recipe variant, scored per mask family")
     r.add_argument('--variants', nargs='+', default=['profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l1_no_gan'],
-                   choices=list(RECIPE_VARIANTS))
+                   choices=list(RECIPES))
     r.add_argument('--profile', default='cpu'); r.add_argument('--steps', type=int, default=1500)
     r.add_argument('--n-faces', type=int, default=60)
     r.add_argument('--families', nargs='+', default=['thin', 'medium', 'thick', 'center'])

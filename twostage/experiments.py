@@ -23,30 +23,44 @@ from .core import UserError
 from .train import maybe_init_distributed
 
 # %% auto #0
-__all__ = ['FULL', 'FULL_LOSS', 'TABLE6_ROWS', 'TABLE6', 'STAGE1', 'SEED_ROWS', 'SEEDS', 'EXPERIMENTS', 'SMOKE_SIZES', 'CPU_CFG',
-           'RELEASE_CFG', 'PROFILES', 'Experiment', 'get_experiment', 'Profile', 'get_profile', 'stage_keys', 'data_id',
-           'plan_experiment', 'train_experiment', 'main']
+__all__ = ['FULL', 'FULL_LOSS', 'TABLE6_ROWS', 'TABLE6', 'STAGE1', 'SEED_ROWS', 'SEEDS', 'RECIPES', 'EXPERIMENTS', 'SMOKE_SIZES',
+           'CPU_CFG', 'RELEASE_CFG', 'PROFILES', 'Experiment', 'get_experiment', 'Profile', 'get_profile', 'stage_keys',
+           'data_id', 'plan_experiment', 'train_experiment', 'main']
 
 # %% ../nbs/15_experiments.ipynb #a9c4c1c9
 FULL = PAPER_CFG
 FULL_LOSS = LossCfg()
 
+def _pairs(d) -> tuple: return tuple(sorted((d or {}).items()))
+
 @dataclass(frozen=True)
 class Experiment:
-    "One row of a results table: a model and loss configuration, and which table/row it fills."
+    "One row of a results table: one delta over the full model's model, loss and training settings, and where it goes."
     name: str                 # unique key, e.g. 't6_row3'
-    table: str                # 'table6' | 'stage1'
+    table: str                # 'table6' | 'stage1' | 'seeds' | 'recipe'
     row: str                  # the row label in its table
     modules: str              # human-readable: what is on / off
-    model: ModelCfg = FULL    # module switches (sizes come from the profile)
-    loss: LossCfg = FULL_LOSS # loss weights
-    stages: tuple = ('coarse', 'fine')  # stages this row trains; stage-1 rows stop after 'coarse'
-    train: tuple = ()         # TrainCfg changes over the profile's, as (field, value) pairs, e.g. (('fine_seed', 1),)
+    model_delta: tuple = ()   # ModelCfg changes over the full model, as sorted (field, value) pairs
+    loss_delta: tuple = ()    # LossCfg changes over the full loss
+    train_delta: tuple = ()   # TrainCfg changes over the profile's, e.g. (('fine_seed', 1),)
+    stages: tuple = ('coarse', 'fine')  # stages this row trains; stage-1 and recipe rows stop after 'coarse'
+    over_profile: bool = False # True (recipe rows): the model and loss changes apply after the profile's own recipe
 
+    @classmethod
+    def delta(cls, name, table, row, modules, model=None, loss=None, train=None, **kw) -> Experiment:
+        "An experiment from dicts of changes: `model`, `loss`, `train` (each checked against its config's fields)."
+        for cfg, d in ((ModelCfg, model), (LossCfg, loss), (TrainCfg, train)):
+            if bad := sorted(set(d or {}) - {f.name for f in fields(cfg)}):
+                raise ValueError(f"experiment {name}: unknown {cfg.__name__} field(s) {bad}")
+        return cls(name, table, row, modules, _pairs(model), _pairs(loss), _pairs(train), **kw)
+    @property
+    def model(self) -> ModelCfg: return replace(FULL, **dict(self.model_delta))   # module switches; sizes come from the profile
+    @property
+    def loss(self) -> LossCfg: return replace(FULL_LOSS, **dict(self.loss_delta))
     @property
     def eval_stage(self): return 'coarse' if self.stages == ('coarse',) else 'both'
 
-def _row(i, modules, **delta): return Experiment(f't6_row{i}', 'table6', str(i), modules, replace(FULL, **delta))
+def _row(i, modules, **delta): return Experiment.delta(f't6_row{i}', 'table6', str(i), modules, model=delta)
 _OFF = dict(fine_skips=False, fine_attention='none', fem=False, relativistic=False)
 def _only(k, v): return {**_OFF, k: v}
 
@@ -63,19 +77,34 @@ TABLE6_ROWS = {   # the declared (reconstructed) mapping of Table 6's rows to mo
 }
 TABLE6 = [_row(i, m, **d) for i, (m, d) in TABLE6_ROWS.items()]
 
-def _s1(name, modules, loss=FULL_LOSS, **delta):
-    return Experiment(f's1_{name}', 'stage1', name, modules, replace(FULL, **delta), loss, ('coarse',))
+def _s1(name, modules, loss=None, **delta):
+    return Experiment.delta(f's1_{name}', 'stage1', name, modules, model=delta, loss=loss, stages=('coarse',))
 STAGE1 = [
     _s1('full', 'U-Net skips, three-loss fusion, global + local D, mixed-domain attention'),
-    _s1('l1_only', 'L1 alone instead of the three-loss fusion', loss=replace(FULL_LOSS, perceptual=0., style=0.)),
+    _s1('l1_only', 'L1 alone instead of the three-loss fusion', loss=dict(perceptual=0., style=0.)),
     _s1('global_d_only', 'global discriminator only', local_disc=False),
     _s1('no_attention', 'no attention in the coarse U-Net', coarse_attention='none'),
     _s1('self_attention', 'self-attention (DANet-like) instead of CBAM-like attention', coarse_attention='self'),
     _s1('no_skips', 'no U-Net skip connections', coarse_skips=False),
 ]
 SEED_ROWS = ('t6_row9', 't6_row7', 't6_row8')   # the full model, without FEM, without the relativistic D
-SEEDS = [replace(e, name=f'{e.name}_seed{s}', table='seeds', train=(('fine_seed', s),))
+SEEDS = [replace(e, name=f'{e.name}_seed{s}', table='seeds', train_delta=(('fine_seed', s),))
          for e in TABLE6 if e.name in SEED_ROWS for s in (1, 2)]   # with seed 0 (the row itself): three stage-2 seeds per row
+def _recipe(name, modules, **deltas):
+    return Experiment.delta(f'recipe_{name}', 'recipe', name, modules, stages=('coarse',), over_profile=True, **deltas)
+RECIPES = {r.row: r for r in (   # short stage-1 runs of a profile's full model (`python -m twostage.bench recipe`)
+    _recipe('profile', "the profile's own recipe"),
+    _recipe('batch_norm', 'batch norm in the coarse U-Net', model=dict(coarse_norm='batch')),
+    _recipe('lr_2e-4', "the paper's learning rate 2e-4", train=dict(lr_g=2e-4)),
+    _recipe('lr_2e-3', 'learning rate 2e-3', train=dict(lr_g=2e-3)),
+    _recipe('constant_lr', 'a constant learning rate', train=dict(lr_schedule='constant')),
+    _recipe('fp32', 'fp32, no channels_last', train=dict(precision='fp32', channels_last=False)),
+    _recipe('l1_no_gan', 'L1 terms alone, no discriminator term', loss=dict(perceptual=0., style=0., adversarial=0.)),
+    _recipe('coarse_base_32', 'coarse U-Net width 32', model=dict(coarse_base=32)),
+    _recipe('pullpush', 'holes start from a pull-push fill, the U-Net predicts a residual', model=dict(coarse_prefill='pullpush')),
+    _recipe('adv_warmup', 'no adversarial term in the first 300 steps', train=dict(adv_warmup=300)),
+    _recipe('pullpush_warmup', 'pull-push start and the 300-step warm-up', model=dict(coarse_prefill='pullpush'), train=dict(adv_warmup=300)),
+)}
 EXPERIMENTS = {e.name: e for e in TABLE6 + STAGE1 + SEEDS}
 EXPERIMENTS['full'] = TABLE6[-1]
 
@@ -104,9 +133,11 @@ class Profile:
 
     def model_cfg(self, exp: Experiment) -> ModelCfg:
         "The experiment's module switches at this profile's sizes (and recipe fields)."
+        own = {k: getattr(self.sizes, k) for k in SIZE_FIELDS + tuple(self.recipe_fields)}
+        if exp.over_profile: return replace(FULL, **{**own, **dict(exp.model_delta)})   # a recipe row may change the recipe
         clash = [k for k in self.recipe_fields if getattr(exp.model, k) != getattr(FULL, k)]
         if clash: raise ValueError(f"experiment {exp.name} changes {clash}, which profile {self.name!r} sets itself")
-        return replace(exp.model, **{k: getattr(self.sizes, k) for k in SIZE_FIELDS + tuple(self.recipe_fields)})
+        return replace(exp.model, **own)
     def faces(self, data=None):
         "The faces of this profile: indexed, split, at its training size."
         from twostage.data import load_faces
@@ -114,10 +145,13 @@ class Profile:
         return keep_min_side(faces, self.min_side) if self.min_side else faces
     def loss_cfg(self, exp: Experiment) -> LossCfg:
         "The experiment's loss, with this profile's VGG layers (a cost choice of the CPU profiles)."
+        if exp.over_profile:   # a recipe row's loss changes apply over the profile's loss
+            base = FULL_LOSS if self.vgg_layers is None else replace(FULL_LOSS, vgg_layers=self.vgg_layers)
+            return replace(base, **dict(exp.loss_delta))
         return exp.loss if self.vgg_layers is None else replace(exp.loss, vgg_layers=self.vgg_layers)
     def train_cfg(self, exp: Experiment) -> TrainCfg:
         t = replace(self.train, steps_coarse=self.stage1_steps) if exp.table == 'stage1' and self.stage1_steps is not None else self.train
-        return replace(t, **dict(exp.train)) if exp.train else t
+        return replace(t, **dict(exp.train_delta)) if exp.train_delta else t
 
 SMOKE_SIZES = TINY_CFG
 CPU_CFG = replace(LITE_CFG, coarse_norm='none', fine_residual=True)   # the cpu profile's sizes and recipe
