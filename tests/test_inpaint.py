@@ -7,8 +7,8 @@ from PIL import Image
 
 from twostage.train import tiny_checkpoint
 
-from twostage.inpaint import (load_inpainter, inpaint_image, inpaint_folder, prepare, prepare_mask,
-                              main)
+from twostage.inpaint import (load_inpainter, inpaint_image, inpaint_folder, prepare, prepare_mask)
+from twostage.commands import inpaint_main as main
 from twostage.models.twostage import TINY_CFG
 
 torch.set_num_threads(1)

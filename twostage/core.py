@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #9dbf75ed
 from __future__ import annotations
-import os, json, random, hashlib, subprocess, tempfile, warnings
+import os, json, random, hashlib, subprocess, tempfile, warnings, functools
 from pathlib import Path
 import numpy as np
 import torch
@@ -182,8 +182,10 @@ def stable_hash(obj, n: int = 10) -> str:
     "A short hash of a JSON-serialisable object, independent of key order."
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
+@functools.lru_cache(maxsize=None)
 def code_version() -> str:
-    "The package version plus the git commit of the checkout (with `+dirty` when it has local changes)."
+    """The package version plus the git commit of the checkout (`.dirty` when it has local changes), read once per
+    process: a long run records the code it started with, even when the checkout moves on while it runs."""
     from twostage import __version__
     root = repo_root()
     if root is None: return __version__

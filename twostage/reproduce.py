@@ -71,6 +71,7 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     size = prof.train.size
     seed_everything(prof.train.seed)
     faces = prof.faces(data)
+    log(f"[code] {code_version()} (recorded with every result of this run)")
     log(f"[data] {faces!r}")
     masks = eval_masks(size, prof.families, max(prof.n_test, prof.n_glasses), root=out_root)
     log(f"[masks] evaluation masks: {masks}")
