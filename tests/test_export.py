@@ -1,4 +1,5 @@
 "ONNX export: parity with PyTorch on a real face, dynamic batch, size checks, the twostage-export command, and no training code on the way."
+import os
 import shutil, subprocess, sys
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +14,7 @@ from twostage.export import export_onnx, load_onnx, parity, probe_pair, main, PA
 from twostage.models.twostage import build_model, LITE_CFG, TINY_CFG
 
 torch.set_num_threads(1)
-FACE = Path(__file__).resolve().parents[1].parent / 'shared' / 'faces' / 'celeba' / 'img' / '202599.jpg'
+FACE = Path(os.environ.get('TWOSTAGE_DATA') or Path(__file__).resolve().parents[1].parent / 'shared' / 'faces' / 'celeba') / 'img' / '202599.jpg'
 RELEASE_CFG = replace(LITE_CFG, coarse_norm='none', fine_residual=True)  # the shipped model's configuration
 PULLPUSH_CFG = replace(RELEASE_CFG, coarse_prefill='pullpush')          # the pull-push prefill option
 
