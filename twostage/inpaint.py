@@ -168,15 +168,9 @@ def load_inpainter(path=None,          # a checkpoint written by the trainer (la
         model.train_size, model.trained_stage = int(rec['size']), 'fine'
         return model, {'stage': 'fine', 'model_cfg': rec['model_cfg'], 'train_cfg': rec['train_cfg'], 'release': rec}
     path = Path(path)
-    from twostage.runs import read_checkpoint
+    from twostage.runs import read_checkpoint, load_model   # checkpoints are read and checked in one place
     ck = read_checkpoint(path)
-    from twostage.models.twostage import ModelCfg, build_model   # inference builds the model itself: no training code
-    cfg = ModelCfg.from_dict(ck['model_cfg'])
-    if model_cfg is not None and (diff := {k: (v, model_cfg.to_dict()[k]) for k, v in cfg.to_dict().items() if model_cfg.to_dict()[k] != v}):
-        raise ValueError("checkpoint was trained with another model configuration; differing fields "
-                         + ', '.join(f'{k}: checkpoint {a!r} vs requested {b!r}' for k, (a, b) in diff.items()))
-    try:
-        model = build_model(cfg); model.load_state_dict(ck['model']); model = model.to(get_device(device)).eval()
+    try: model, _ = load_model(ck, device=device, model_cfg=model_cfg)
     except RuntimeError as e:
         if any(w in str(e).lower() for w in ('cuda', 'device')): raise    # a device problem, not a weights one
         raise ValueError(f"the weights in {path} do not fit the model configuration stored with them: {e}") from None
