@@ -13,7 +13,7 @@ import torch
 from .core import stable_hash, runs_dir, data_dir, atomic_write
 from .models.twostage import ModelCfg, PAPER_CFG, LITE_CFG, TINY_CFG
 from .losses import LossCfg
-from .train import TrainCfg, train_stages, Trainer, resolve_precision
+from .train import TrainCfg, STAGE2_TRAIN_FIELDS, train_stages, Trainer, resolve_precision
 from .models.twostage import STAGE2_FIELDS, SIZE_FIELDS
 from .runs import run_folder, read_record, write_record
 from .runtime import data_fingerprint
@@ -23,9 +23,9 @@ from .core import UserError
 from .train import maybe_init_distributed
 
 # %% auto #0
-__all__ = ['FULL', 'FULL_LOSS', 'TABLE6_ROWS', 'TABLE6', 'STAGE1', 'SEED_ROWS', 'SEEDS', 'RECIPES', 'EXPERIMENTS', 'SMOKE_SIZES',
-           'CPU_CFG', 'RELEASE_CFG', 'PROFILES', 'Experiment', 'get_experiment', 'Profile', 'get_profile', 'stage_keys',
-           'data_id', 'plan_experiment', 'train_experiment', 'main']
+__all__ = ['FULL', 'FULL_LOSS', 'TABLE6_ROWS', 'TABLE6', 'STAGE1', 'SEED_ROWS', 'SEEDS', 'STAGE2_STUDY', 'RECIPES', 'EXPERIMENTS',
+           'SMOKE_SIZES', 'CPU_CFG', 'RELEASE_CFG', 'PROFILES', 'Experiment', 'get_experiment', 'Profile',
+           'get_profile', 'stage_keys', 'data_id', 'plan_experiment', 'train_experiment', 'main']
 
 # %% ../nbs/15_experiments.ipynb #a9c4c1c9
 FULL = PAPER_CFG
@@ -90,6 +90,14 @@ STAGE1 = [
 SEED_ROWS = ('t6_row9', 't6_row7', 't6_row8')   # the full model, without FEM, without the relativistic D
 SEEDS = [replace(e, name=f'{e.name}_seed{s}', table='seeds', train_delta=(('fine_seed', s),))
          for e in TABLE6 if e.name in SEED_ROWS for s in (1, 2)]   # with seed 0 (the row itself): three stage-2 seeds per row
+def _s2(name, modules, **train):   # the full model's stage 2 trained otherwise, over its own (shared, cached) stage 1
+    return replace(TABLE6[-1], name=f's2_{name}', table='stage2', row=name, modules=modules, train_delta=_pairs(train))
+STAGE2_STUDY = [   # what it takes for stage 2 to refine (`make stage2`); only stage-2 fields change, so stage 1 is shared
+    _s2('steps_3000', 'three times the stage-2 steps', steps_fine=3000),
+    _s2('lr_3e-3', 'stage-2 generator learning rate 3e-3', lr_g_fine=3e-3),
+    _s2('adv_0.01', 'stage-2 adversarial weight 0.01', adversarial_fine=0.01),
+    _s2('adv_0', 'no adversarial term in stage 2 (L1, perceptual, style only)', adversarial_fine=0.),
+]
 def _recipe(name, modules, **deltas):
     return Experiment.delta(f'recipe_{name}', 'recipe', name, modules, stages=('coarse',), over_profile=True, **deltas)
 RECIPES = {r.row: r for r in (   # short stage-1 runs of a profile's full model (`python -m twostage.bench recipe`)
@@ -105,7 +113,7 @@ RECIPES = {r.row: r for r in (   # short stage-1 runs of a profile's full model 
     _recipe('adv_warmup', 'no adversarial term in the first 300 steps', train=dict(adv_warmup=300)),
     _recipe('pullpush_warmup', 'pull-push start and the 300-step warm-up', model=dict(coarse_prefill='pullpush'), train=dict(adv_warmup=300)),
 )}
-EXPERIMENTS = {e.name: e for e in TABLE6 + STAGE1 + SEEDS}
+EXPERIMENTS = {e.name: e for e in TABLE6 + STAGE1 + SEEDS + STAGE2_STUDY}
 EXPERIMENTS['full'] = TABLE6[-1]
 
 def get_experiment(name: str) -> Experiment:
@@ -184,10 +192,11 @@ def stage_keys(mcfg: ModelCfg, lcfg: LossCfg, tcfg: TrainCfg, data_id: str) -> d
     "The cache keys of both stages of a run."
     m = mcfg.key_dict(); t = tcfg.key_dict()
     s1 = {k: v for k, v in m.items() if k not in STAGE2_FIELDS}
-    t1 = {k: v for k, v in t.items() if k not in ('steps_fine', 'steps_joint', 'fine_seed')}   # what stage 1 never sees
+    t1 = {k: v for k, v in t.items() if k not in STAGE2_TRAIN_FIELDS}   # what stage 1 never sees
     k1 = stable_hash(['stage1', s1, lcfg.to_dict(), t1, data_id])
     k2 = stable_hash(['stage2', k1, {k: m[k] for k in STAGE2_FIELDS if k in m}, t['steps_fine'], t['steps_joint']]
-                     + ([t['fine_seed']] if 'fine_seed' in t else []))   # only a non-default seed enters: old keys stay valid
+                     + ([t['fine_seed']] if 'fine_seed' in t else [])   # only a non-default seed enters: old keys stay valid
+                     + ([s2] if (s2 := {k: t[k] for k in ('lr_g_fine', 'adversarial_fine') if k in t}) else []))
     return {'coarse': k1, 'fine': k2}
 
 def data_id(faces, profile: Profile | None = None) -> str:

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from .core import runs_dir, figures_dir, stable_hash, atomic_write, code_version, get_device, seed_everything
-from .experiments import (TABLE6, TABLE6_ROWS, STAGE1, SEEDS, Experiment, Profile, get_profile, train_experiment, stage_keys,
+from .experiments import (TABLE6, TABLE6_ROWS, STAGE1, SEEDS, STAGE2_STUDY, Experiment, Profile, get_profile, train_experiment, stage_keys,
                                   data_id, plan_experiment)
 from .masks import load_eval_masks
 from .runtime import EtaMeter, cpu_capability, choose_precision
@@ -58,6 +58,7 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
               precision: str | None = None,  # override the profile's precision ('auto', 'fp32', 'bf16')
               release_to=None, # write the full model as the shipped weights into this folder ('' = the package's assets)
               seeds: bool = False, # also train the stage-2 seed repeats (`twostage.experiments.SEEDS`; `make seeds`)
+              stage2: bool = False, # also train the stage-2 study (`twostage.experiments.STAGE2_STUDY`; `make stage2`)
               glasses_claim: bool = True, # evaluate Table 6 and the peers on the eye-frame holes of the eyeglasses faces
               log=print) -> dict:
     "Run the main job of a profile end to end; returns the paths it wrote."
@@ -80,8 +81,9 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     perc = build_perceptual_metric()
     log(f"[metrics] psnr, ssim, hole_psnr, hole_l1, {perc.name}")
     proto = stable_hash([_protocol(prof, size), perc.name])
-    pool = STAGE1 + TABLE6 + SEEDS
-    exps = [e for e in pool if (e.name in experiments if experiments is not None else (e.table != 'seeds' or seeds))]
+    optional = {'seeds': seeds, 'stage2': stage2}   # tables trained only on request; their earlier results stay in the results
+    pool = STAGE1 + TABLE6 + SEEDS + STAGE2_STUDY
+    exps = [e for e in pool if (e.name in experiments if experiments is not None else optional.get(e.table, True))]
     if experiments is not None and (bad := sorted(set(experiments) - {e.name for e in exps})):
         raise ValueError(f"unknown experiment(s) {bad}; valid: {', '.join(e.name for e in pool)}")
     # the glasses claim: eye-frame holes (part of the frames stays visible) on the faces with eyeglasses only
@@ -134,8 +136,8 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
                 with torch.no_grad(): ef_preds[f'row {exp.row}'] = fn(ef_sets['eyeglasses'][:len(ef_show)], ef_show)
         timing.append({'experiment': exp.name, 'seconds': round(time.time() - t1, 1)})
         log(f"    checkpoint {last}; results {'from cache' if cached else 'evaluated'} ({time.time() - t1:.0f} s)")
-    if experiments is None and not seeds:   # seed repeats evaluated by an earlier `make seeds` stay in the results
-        for e in SEEDS:
+    if experiments is None:   # seed repeats and study rows evaluated by an earlier `make seeds` / `make stage2` stay in the results
+        for e in [e for e in SEEDS + STAGE2_STUDY if not optional[e.table]]:
             st = 'fine' if 'fine' in e.stages else 'coarse'
             rp = res_dir / f'{e.name}-{plan_experiment(e, prof, faces, runs, device, log=None)[st][2]}-{proto}.csv'
             if rp.exists():
@@ -172,7 +174,7 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
         if k != 'results': log(f"[table] {v}" if str(v).endswith(('.csv', '.md', '.tex')) else f"[figure] {v}")
     if make_figures:
         from twostage.figures import write_figures
-        figs_written = write_figures(allres[allres.table != 'seeds'], prof, ckpts=ckpts, sets=sets, masks=masks, out=figs, device=device,
+        figs_written = write_figures(allres[~allres.table.isin(list(optional))], prof, ckpts=ckpts, sets=sets, masks=masks, out=figs, device=device,
                                      row_labels={str(i): f'{i}: {m}' for i, m in T6_LABELS.items()})
         for k, v in figs_written.items(): log(f"[figure] {v}")
         written.update(figs_written)
@@ -325,6 +327,7 @@ def main(argv=None):
     p.add_argument('--experiments', help='comma-separated experiment names (default: all)')
     p.add_argument('--no-peers', action='store_true'); p.add_argument('--no-figures', action='store_true')
     p.add_argument('--seeds', action='store_true', help='also train the stage-2 seed repeats of rows 9, 7 and 8 (the training-noise floor)')
+    p.add_argument('--stage2', action='store_true', help="also train the stage-2 study: the full model's stage 2 trained otherwise")
     p.add_argument('--precision', choices=['auto', 'fp32', 'bf16'],
                    help="override the profile's precision (default 'auto': what is fastest on this machine)")
     a = p.parse_args(argv)
@@ -334,4 +337,4 @@ def main(argv=None):
     exps = a.experiments.split(',') if a.experiments else (['t6_row9'] if rel else None)
     reproduce(a.profile, a.data, a.runs, a.figures, a.device, exps,
               peers=not a.no_peers, make_figures=not a.no_figures, precision=a.precision, release_to='' if rel else None,
-              seeds=a.seeds)
+              seeds=a.seeds, stage2=a.stage2)

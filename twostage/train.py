@@ -26,13 +26,14 @@ from .losses import (LossCfg, reconstruction_loss, adversarial_g_loss, adversari
                              relativistic_g_loss, relativistic_d_loss)
 
 # %% auto #0
-__all__ = ['STAGES', 'TRAIN_LATER_FIELDS', 'TrainCfg', 'stage_seed', 'resolve_precision', 'StepBatches', 'step_masks',
-           'dist_info', 'maybe_init_distributed', 'unwrap', 'all_gather_objects', 'TrainingDiverged', 'shared_vgg',
-           'Trainer', 'save_sample_grid', 'ImageTensorDataset', 'tiny_checkpoint', 'train_stages']
+__all__ = ['STAGES', 'TRAIN_LATER_FIELDS', 'STAGE2_TRAIN_FIELDS', 'TrainCfg', 'stage_seed', 'resolve_precision', 'StepBatches',
+           'step_masks', 'dist_info', 'maybe_init_distributed', 'unwrap', 'all_gather_objects', 'TrainingDiverged',
+           'shared_vgg', 'Trainer', 'save_sample_grid', 'ImageTensorDataset', 'tiny_checkpoint', 'train_stages']
 
 # %% ../nbs/12_train.ipynb #bcfab896
 STAGES = tuple(TRAINING_STAGES)   # 'coarse', 'fine', 'joint': what each does is a row of models.twostage.TRAINING_STAGES
-TRAIN_LATER_FIELDS = {'adv_warmup': 0, 'fine_seed': 0}
+TRAIN_LATER_FIELDS = {'adv_warmup': 0, 'fine_seed': 0, 'lr_g_fine': None, 'adversarial_fine': None}
+STAGE2_TRAIN_FIELDS = ('steps_fine', 'steps_joint', 'fine_seed', 'lr_g_fine', 'adversarial_fine')   # what stage 1 never sees
 
 @dataclass(frozen=True)
 class TrainCfg:
@@ -58,8 +59,16 @@ class TrainCfg:
     n_val: int = 16                 # validation faces
     adv_warmup: int = 0             # steps at the start of each stage without the generator's adversarial term (L1-heavy warm-up; not in the paper)
     fine_seed: int = 0              # repeat stage 2 with another seed (its init, data order, masks) over the same stage 1; 0: `seed`
+    lr_g_fine: float | None = None  # stage 2's generator learning rate (None: `lr_g`; not in the paper)
+    adversarial_fine: float | None = None  # stage 2's adversarial weight (None: the loss's `adversarial`; not in the paper)
 
     def steps(self, stage): return {'coarse': self.steps_coarse, 'fine': self.steps_fine, 'joint': self.steps_joint}[stage]
+    def lr_g_at(self, stage) -> float:
+        "The generator's learning rate in `stage` (stage 2 and the joint stage may have their own)."
+        return self.lr_g_fine if stage != 'coarse' and self.lr_g_fine is not None else self.lr_g
+    def adversarial_at(self, stage, lcfg) -> float:
+        "The generator's adversarial weight in `stage` (stage 2 and the joint stage may have their own)."
+        return self.adversarial_fine if stage != 'coarse' and self.adversarial_fine is not None else lcfg.adversarial
     def to_dict(self): return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
     def key_dict(self):
         "`to_dict` without fields added after the first release while at their default: old cache keys stay valid."
@@ -236,7 +245,7 @@ class Trainer:
             g_mod = DDP(g_mod, device_ids=ids)
             d_mods = {k: DDP(v, device_ids=ids) for k, v in d_mods.items()}
         self.G, self.D = g_mod, d_mods
-        self.opt_g = _adam(self.model.parameters(), self.tcfg.lr_g, self.tcfg.betas)
+        self.opt_g = _adam(self.model.parameters(), self.tcfg.lr_g_at(self.stage), self.tcfg.betas)
         self.opt_d = _adam([p for k in self.d_names for p in self.discs[k].parameters()], self.tcfg.lr_d, self.tcfg.betas)
 
     def lr_factor(self, step: int) -> float:
@@ -247,7 +256,7 @@ class Trainer:
 
     def _set_lr(self):
         f = self.lr_factor(self.step)
-        for opt, lr in ((self.opt_g, self.tcfg.lr_g), (self.opt_d, self.tcfg.lr_d)):
+        for opt, lr in ((self.opt_g, self.tcfg.lr_g_at(self.stage)), (self.opt_d, self.tcfg.lr_d)):
             for g in opt.param_groups: g['lr'] = lr * f
 
     def _autocast(self):
@@ -297,7 +306,7 @@ class Trainer:
                 if name == 'fine' and self.mcfg.relativistic: l = relativistic_g_loss(a.float(), b.float(), kind)
                 else: l = adversarial_g_loss(b.float(), kind)
                 logs[f'g_adv_{name}'] = l; adv = adv + l
-            adv_w = self.lcfg.adversarial if self.step >= self.tcfg.adv_warmup else 0.
+            adv_w = self.tcfg.adversarial_at(self.stage, self.lcfg) if self.step >= self.tcfg.adv_warmup else 0.
             g_loss = rec + adv_w * adv
             if self.S.coarse_loss:
                 rec1, r1 = reconstruction_loss(out['coarse'].float(), image, mask, self.lcfg, self.vgg)
