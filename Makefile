@@ -2,6 +2,7 @@
 #   make reproduce   create .venv, install, run the main job (cpu profile: train, evaluate, rebuild tables and figures)
 #   make test        create .venv, install, check notebooks/package/README are in sync, run every test
 #   make seeds       after make reproduce: stage 2 of rows 9, 7 and 8 with two more seeds each (Table 6's training-noise floor)
+#   make stage2      after make reproduce: the stage-2 study (does stage 2 refine its stage 1, and what does it take?)
 #   make release     retrain the shipped 128 px model from scratch (release profile), evaluate it, rewrite twostage/assets/
 #   make demo        serve the demo notebook as a web page (Voilà) on 127.0.0.1:$(PORT) and print the address to open
 SHELL := /bin/bash
@@ -18,7 +19,7 @@ PRECISION ?= auto
 PORT ?= 8866
 STAMP := $(VENV)/.installed
 
-.PHONY: install reproduce seeds release test check readme export clean-nbs smoke
+.PHONY: install reproduce seeds stage2 release test check readme export clean-nbs smoke
 install: $(STAMP)
 
 $(STAMP): settings.ini setup.py
@@ -35,6 +36,11 @@ reproduce: install
 # 2-core machine of the README), then every table, verdict and figure again; the seed results stay in results_<profile>.csv.
 seeds: install
 	$(BIN)/twostage-reproduce --profile $(PROFILE) --precision $(PRECISION) --seeds
+
+# Stage 2 of the full model trained four other ways over the main job's cached stage 1 (more steps, its own
+# learning rate, a smaller or no adversarial term), each against its stage 1's own output (stage2_study_<profile>.md).
+stage2: install
+	$(BIN)/twostage-reproduce --profile $(PROFILE) --precision $(PRECISION) --stage2
 
 release: install
 	$(BIN)/twostage-reproduce --profile release --precision $(PRECISION)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 from twostage.core import seed_everything
-from twostage.attention import ATTENTION
+from twostage.attention import ATTENTION, attention_maps
 from twostage.models.twostage import (ModelCfg, PAPER_CFG, LITE_CFG, TwoStage, build_model, build_discriminators,
                                       count_params, param_counts)
 from twostage.models.discriminators import RelativisticDiscriminator
@@ -191,9 +191,8 @@ def test_two_models_in_one_process():
 
 
 def test_attention_maps():
-    model = build_model(TINY).eval().keep_attention_maps()
-    with torch.no_grad(): model(*batch(1, 64))
-    maps = model.attention_maps()
+    model = build_model(TINY).eval()
+    maps = attention_maps(model, *batch(1, 64))
     assert 'coarse.mid_attn' in maps and 'fine.mid.0.attn' in maps
     assert all(v.shape[0] == 1 for v in maps.values())
     assert set(ATTENTION) >= {'cbam', 'self', 'channel', 'spatial', 'none'}

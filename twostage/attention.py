@@ -7,23 +7,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 import torch.nn.functional as F
+from .layers import Registry
 
 # %% auto #0
-__all__ = ['ATTENTION', 'Registry', 'AttentionBase', 'ChannelAttention', 'SpatialAttention', 'CBAM', 'PositionAttention',
-           'ChannelSelfAttention', 'SelfAttention', 'build_attention', 'attention_modules', 'keep_attention_maps',
-           'attention_maps']
-
-# %% ../nbs/03_attention.ipynb #facaaf1f
-class Registry(dict):
-    "A name -> constructor dict whose unknown names raise a `ValueError` listing the valid keys."
-    def __init__(self, what: str, /, *args, **kw): # what: the kind of thing registered, used in messages
-        super().__init__(*args, **kw); self.what = what
-    def __missing__(self, key):
-        raise ValueError(f"unknown {self.what} {key!r}; valid: {', '.join(map(repr, self))}")
-    def register(self, name: str):
-        "Decorator adding a constructor under `name`."
-        def deco(f): self[name] = f; return f
-        return deco
+__all__ = ['ATTENTION', 'AttentionBase', 'ChannelAttention', 'SpatialAttention', 'CBAM', 'PositionAttention',
+           'ChannelSelfAttention', 'SelfAttention', 'build_attention', 'attention_modules', 'attention_maps']
 
 # %% ../nbs/03_attention.ipynb #2223c7ed
 class AttentionBase(nn.Module):
@@ -138,11 +126,23 @@ def attention_modules(model: nn.Module) -> dict:
         if isinstance(m, AttentionBase) and not any(n.startswith(p + '.') for p in out): out[n] = m
     return out
 
-def keep_attention_maps(model: nn.Module, on: bool = True) -> nn.Module:
-    "Switch `keep_map` on (or off) for every attention module in `model`; returns the model."
-    for m in attention_modules(model).values(): m.keep_map = on
-    return model
-
-def attention_maps(model: nn.Module) -> dict:
-    "The maps kept by the last forward pass: qualified module name -> `last_map` (only modules that kept one)."
-    return {n: m.last_map for n, m in attention_modules(model).items() if m.last_map is not None}
+@torch.no_grad()
+def attention_maps(model: nn.Module, # any module holding twostage attention modules (a `TwoStage`, a U-Net, a block)
+                   *args,            # its forward's arguments (e.g. `image, mask`)
+                   spatial: bool = False, # only maps over positions, as B x H x W (channel means of CBAM's gate)
+                   **kwargs,         # its forward's keyword arguments (e.g. `stage='both'`)
+                  ) -> dict:
+    """Run `model(*args, **kwargs)` once and return the map of every attention module: qualified name -> map.
+    The modules keep their maps only during this call; `model` is left as it was."""
+    mods = attention_modules(model)
+    try:
+        for m in mods.values(): m.keep_map = True
+        model(*args, **kwargs)
+        maps = {n: m.last_map for n, m in mods.items() if m.last_map is not None}
+    finally:
+        for m in mods.values(): m.keep_map = False
+        for m in model.modules():   # drop the kept tensors (composites such as CBAM read theirs from their parts)
+            if isinstance(m, AttentionBase) and not isinstance(getattr(type(m), 'last_map', None), property): m.last_map = None
+    if not spatial: return maps
+    maps = {n: (v.float().mean(1) if v.ndim == 4 else v.float()) for n, v in maps.items()}
+    return {n: v for n, v in maps.items() if v.shape[-1] * v.shape[-2] > 1}   # channel gates have no picture

@@ -12,9 +12,9 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['PANEL', 'to_m11', 'to_01', 'pil_to_tensor', 'tensor_to_pil', 'mask_to_tensor', 'check_batch', 'masked_input',
-           'composite', 'hole_ratio', 'panel_columns', 'UserError', 'seed_everything', 'get_device', 'check_device',
-           'repo_root', 'default_data_dir', 'data_dir', 'runs_dir', 'figures_dir', 'stable_hash', 'code_version',
-           'atomic_write', 'atomic_save', 'strict_from_dict']
+           'composite', 'hole_ratio', 'panel_columns', 'UserError', 'patch_to', 'seed_everything', 'get_device',
+           'check_device', 'repo_root', 'default_data_dir', 'data_dir', 'runs_dir', 'figures_dir', 'stable_hash',
+           'code_version', 'atomic_write', 'atomic_save', 'strict_from_dict']
 
 # %% ../nbs/00_core.ipynb #a89ee413
 def to_m11(x):
@@ -94,6 +94,13 @@ def panel_columns(image,  # B x 3 x H x W in [-1, 1]
 # %% ../nbs/00_core.ipynb #cc200a7d
 class UserError(Exception):
     "A mistake in what the user asked for: shown as one or two lines, exit code 2, no traceback."
+
+# %% ../nbs/00_core.ipynb #c9cf17a4
+def patch_to(cls):
+    "Decorator: add the function to `cls` as a method of the same name (a class written over several cells)."
+    def deco(f):
+        setattr(cls, f.__name__, f); return f
+    return deco
 
 # %% ../nbs/00_core.ipynb #1119d012
 def seed_everything(seed: int = 0, # seed for python, numpy and torch (all devices)

@@ -12,10 +12,11 @@ import matplotlib
 import matplotlib.pyplot as plt
 
 from .core import to_01, masked_input, atomic_write, figures_dir, panel_columns
+from .attention import attention_maps
 from .masks import BUCKETS
 
 # %% auto #0
-__all__ = ['VERDICT_COLOURS', 'save_figure', 'fig_qualitative', 'fig_metric_vs_bucket', 'fig_training_curves', 'attention_maps',
+__all__ = ['VERDICT_COLOURS', 'save_figure', 'fig_qualitative', 'fig_metric_vs_bucket', 'fig_training_curves',
            'fig_attention_maps', 'fig_eyeframe', 'fig_claims', 'write_figures']
 
 # %% ../nbs/19_figures.ipynb #c7bb0bf6
@@ -30,7 +31,7 @@ def _img(ax, x, title=None):
     ax.imshow(to_01(x.detach().float().cpu()).permute(1, 2, 0).numpy()); ax.set_xticks([]); ax.set_yticks([])
     if title: ax.set_title(title, fontsize=8)
 
-# %% ../nbs/19_figures.ipynb #5be074de
+# %% ../nbs/19_figures.ipynb #041a9575
 @torch.no_grad()
 def fig_qualitative(model,             # a TwoStage model (eval mode)
                     images,            # N x 3 x H x W faces in [-1, 1], one per column
@@ -50,6 +51,7 @@ def fig_qualitative(model,             # a TwoStage model (eval mode)
     fig.tight_layout()
     return fig
 
+# %% ../nbs/19_figures.ipynb #e01179de
 def fig_metric_vs_bucket(results: pd.DataFrame, table: str = 'table6', metric: str = 'psnr', subset: str = 'all',
                          labels: dict | None = None) -> plt.Figure:
     "A metric against the hole-area bucket, one line per row of `table` (families pooled)."
@@ -67,6 +69,7 @@ def fig_metric_vs_bucket(results: pd.DataFrame, table: str = 'table6', metric: s
     ax.legend(fontsize=6, ncol=2); ax.grid(alpha=.3); fig.tight_layout()
     return fig
 
+# %% ../nbs/19_figures.ipynb #64489263
 def fig_training_curves(logs: dict, terms=('g_total', 'd_total', 'g_hole', 'g_valid'), smooth: int = 20) -> plt.Figure:
     "Loss terms against step for each run in `logs` (name -> losses.csv path or DataFrame), smoothed by a moving mean."
     fig, axs = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 2.8), squeeze=False)
@@ -78,27 +81,10 @@ def fig_training_curves(logs: dict, terms=('g_total', 'd_total', 'g_hole', 'g_va
     axs[0, 0].legend(fontsize=6); fig.tight_layout()
     return fig
 
-@torch.no_grad()
-def attention_maps(model, image, mask) -> dict:
-    "Spatial attention maps (name -> H' x W' array) of every attention module of a model on one face."
-    mods = {n: m for n, m in model.named_modules() if hasattr(m, 'keep_map')}
-    for m in mods.values(): m.keep_map = True
-    try:
-        model(image, mask, stage='both')
-        maps = {}
-        for n, m in mods.items():
-            a = getattr(m, 'last_map', None)
-            if a is None or a.ndim != 4 or a.shape[-1] == 1: continue   # channel-only maps have no picture
-            m = a[0].float().mean(0).cpu().numpy()
-            if any(np.array_equal(m, v) for v in maps.values()): continue  # a wrapper repeating its inner module's map
-            maps[n] = m
-        return maps
-    finally:
-        for m in mods.values(): m.keep_map = False
-
+# %% ../nbs/19_figures.ipynb #b7b8642a
 def fig_attention_maps(model, image, mask, max_maps: int = 6) -> plt.Figure:
-    "The face, the masked input, and the spatial attention maps of the model's attention modules."
-    maps = attention_maps(model, image, mask)
+    "The face, the masked input, and the spatial attention maps of the model's attention modules (`attention.attention_maps`)."
+    maps = {n: v[0].cpu().numpy() for n, v in attention_maps(model, image, mask, stage='both', spatial=True).items()}
     if not maps: raise ValueError("this model has no spatial attention maps (attention='none' everywhere?)")
     names = list(maps)[:max_maps]
     fig, axs = plt.subplots(1, 2 + len(names), figsize=(1.8 * (2 + len(names)), 2.2))

@@ -25,8 +25,8 @@ from .experiments import EXPERIMENTS
 T6_LABELS = {i: m for i, (m, _) in TABLE6_ROWS.items()}   # Table 6 row -> its module set, for tables and figures
 
 # %% auto #0
-__all__ = ['T6_LABELS', 'GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM_PEERS', 'reproduce', 'write_uncertainty', 'write_glasses_claim',
-           'release_card', 'main']
+__all__ = ['T6_LABELS', 'GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM_PEERS', 'reproduce', 'write_uncertainty', 'write_stage2_study',
+           'write_glasses_claim', 'release_card', 'main']
 
 # %% ../nbs/17_reproduce.ipynb #2eecbc20
 def _protocol(profile: Profile, size: int) -> dict:
@@ -228,6 +228,8 @@ def write_uncertainty(results: pd.DataFrame,  # the combined long-format results
                 f"Profile `{profile}`; all test faces, mask families pooled; reference: row 9 (the full model); intervals: paired "
                 f"bootstrap over faces (1000 resamples). {fl_note}")))
             figs['table6_claims'] = (c6, 'Table 6: row - full model, ours (95 % interval) and the paper')
+    if 't6_row9_coarse' in per and any(n.startswith('s2_') for n in per):   # the stage-2 study (`make stage2`)
+        w.update(write_stage2_study(per, floor, out, profile, metrics, fl_note, make_figures))
     s1 = {n: d for n, d in per.items() if n.startswith('s1_')}
     if 's1_full' in s1 and len(s1) > 1:
         from twostage.experiments import STAGE1
@@ -244,6 +246,28 @@ def write_uncertainty(results: pd.DataFrame,  # the combined long-format results
     if make_figures and figs:
         from twostage.figures import fig_claims, save_figure
         for name, (c, title) in figs.items(): w[name] = save_figure(fig_claims(c, title=title), name, out)
+    return w
+
+def write_stage2_study(per: dict, floor: dict, out, profile: str, metrics, fl_note: str = '', make_figures: bool = True) -> dict:
+    "Does stage 2 refine? Every stage 2 trained over the full model's shared stage 1, against that stage 1's own output."
+    from twostage.tables import paired_bootstrap, claims, claims_md
+    out, w = Path(out), {}
+    rows = {'t6_row9': ("9: the profile's stage 2", 1), **{f't6_row9_seed{s}': (f'9, stage-2 seed {s}', 1) for s in (1, 2)},
+            't6_row8': ('8: a plain (not relativistic) stage-2 discriminator', 1),
+            **{e.name: (f'{e.row}: {e.modules}', 1) for e in STAGE2_STUDY}}
+    rows = {n: v for n, v in rows.items() if n in per}
+    bt = paired_bootstrap({n: per[n] for n in ['t6_row9_coarse', *rows]}, 't6_row9_coarse', metrics=metrics)
+    c = claims(bt, rows, floor, metrics)
+    w['stage2_study_csv'] = atomic_write(out / f'stage2_study_{profile}.csv', lambda p: c.to_csv(p, index=False))
+    w['stage2_study_md'] = atomic_write(out / f'stage2_study_{profile}.md', lambda p: Path(p).write_text(claims_md(
+        c, "Does stage 2 refine? Each stage 2 against the stage-1 output it starts from",
+        f"Profile `{profile}`; every row trains stage 2 over the full model's one (shared) stage 1; reference: that stage 1's "
+        "own output; all test faces, mask families pooled; intervals: paired bootstrap over faces. 'supported' = stage 2 improves "
+        "on its stage 1 by more than the interval and the noise floor (a floor measured between two stage-2 trainings, "
+        f"so conservative for a difference from one fixed stage 1). {fl_note}")))
+    if make_figures:
+        from twostage.figures import fig_claims, save_figure
+        w['stage2_study'] = save_figure(fig_claims(c, title='Stage 2 - its stage 1 (95 % interval)'), f'stage2_study_{profile}', out)
     return w
 
 def write_glasses_claim(results: pd.DataFrame, # long-format results of Table 6 rows and peers on the eye-frame holes

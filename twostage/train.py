@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from .core import (UserError, composite, masked_input, seed_everything, get_device, stable_hash, atomic_save, strict_from_dict,
+from .core import (UserError, patch_to, composite, masked_input, seed_everything, get_device, stable_hash, atomic_save, strict_from_dict,
                            atomic_write, code_version, to_01, panel_columns)
 from .masks import mask_batch
 from .models.twostage import ModelCfg, build_model, build_discriminators
@@ -174,7 +174,7 @@ def _load_parts(module, state, prefixes):
 def _set_grad(module, flag):
     for p in module.parameters(): p.requires_grad_(flag)
 
-# %% ../nbs/12_train.ipynb #848e2613
+# %% ../nbs/12_train.ipynb #43e772fa
 class Trainer:
     "Trains one stage of a two-stage model; resumable, DDP-aware, logs every loss term."
     def __init__(self,
@@ -264,219 +264,234 @@ class Trainer:
         if pr == 'fp32': return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if pr == 'bf16' else torch.float16)
 
-    # -- one step
-    def _d_scores(self, name, real, fake, mask, frozen=False):
-        "Discriminator `name` on (real, fake): (d_real, d_fake), or (real_rel, fake_rel) for the relativistic one."
-        D = unwrap(self.D[name]) if frozen else self.D[name]   # frozen: the G step bypasses DDP
-        if name == 'local': return D(torch.cat([real, fake]), torch.cat([mask, mask])).chunk(2)  # same box for both
-        if name == 'fine' and self.mcfg.relativistic: return D(real, fake)
-        return D(torch.cat([real, fake])).chunk(2)
+# %% ../nbs/12_train.ipynb #6a89bd2f
+@patch_to(Trainer)
+def _d_scores(self, name, real, fake, mask, frozen=False):
+    "Discriminator `name` on (real, fake): (d_real, d_fake), or (real_rel, fake_rel) for the relativistic one."
+    D = unwrap(self.D[name]) if frozen else self.D[name]   # frozen: the G step bypasses DDP
+    if name == 'local': return D(torch.cat([real, fake]), torch.cat([mask, mask])).chunk(2)  # same box for both
+    if name == 'fine' and self.mcfg.relativistic: return D(real, fake)
+    return D(torch.cat([real, fake])).chunk(2)
 
-    def _stage_pred(self, out):
-        return tuple(out[k] for k in self.S.output)
+@patch_to(Trainer)
+def _stage_pred(self, out):
+    return tuple(out[k] for k in self.S.output)
 
-    def train_step(self, image, mask):
-        "One discriminator and one generator update; returns the loss terms (floats)."
-        cl = torch.channels_last if self.tcfg.channels_last else torch.contiguous_format
-        image = image.to(self.device, memory_format=cl); mask = mask.to(self.device, memory_format=cl)
-        kind, logs = self.lcfg.gan, {}
-        with self._autocast():
-            out = self.G(image, mask, stage=self.S.forward)
-            pred, comp = self._stage_pred(out)
-        # discriminator step
-        self.opt_d.zero_grad(set_to_none=True)
-        with self._autocast():
-            d_loss = 0.
-            for name in self.d_names:
-                a, b = self._d_scores(name, image, comp.detach().to(image.dtype), mask)
-                if name == 'fine' and self.mcfg.relativistic: l = relativistic_d_loss(a.float(), b.float(), kind)
-                else: l = adversarial_d_loss(a.float(), b.float(), kind)
-                logs[f'd_{name}'] = l; d_loss = d_loss + l
-        self._check(d_loss, 'discriminator')
-        self.scaler.scale(d_loss).backward(); self.scaler.step(self.opt_d)
-        # generator step (discriminators frozen and called outside DDP)
-        for name in self.d_names: _set_grad(self.discs[name], False)
-        self.opt_g.zero_grad(set_to_none=True)
-        with self._autocast():
-            rec, rlogs = reconstruction_loss(pred.float(), image, mask, self.lcfg, self.vgg)
-            logs.update({f'g_{k}': v for k, v in rlogs.items()})
-            adv = 0.
-            for name in self.d_names:
-                a, b = self._d_scores(name, image, comp, mask, frozen=True)
-                if name == 'fine' and self.mcfg.relativistic: l = relativistic_g_loss(a.float(), b.float(), kind)
-                else: l = adversarial_g_loss(b.float(), kind)
-                logs[f'g_adv_{name}'] = l; adv = adv + l
-            adv_w = self.tcfg.adversarial_at(self.stage, self.lcfg) if self.step >= self.tcfg.adv_warmup else 0.
-            g_loss = rec + adv_w * adv
-            if self.S.coarse_loss:
-                rec1, r1 = reconstruction_loss(out['coarse'].float(), image, mask, self.lcfg, self.vgg)
-                logs.update({f'g1_{k}': v for k, v in r1.items()}); g_loss = g_loss + rec1
-        logs['g_total'] = g_loss; logs['d_total'] = d_loss
-        self._check(g_loss, 'generator')
-        self.scaler.scale(g_loss).backward(); self.scaler.step(self.opt_g); self.scaler.update()
-        for name in self.d_names: _set_grad(self.discs[name], True)
-        return self._gather_logs(logs)
+@patch_to(Trainer)
+def train_step(self, image, mask):
+    "One discriminator and one generator update; returns the loss terms (floats)."
+    cl = torch.channels_last if self.tcfg.channels_last else torch.contiguous_format
+    image = image.to(self.device, memory_format=cl); mask = mask.to(self.device, memory_format=cl)
+    kind, logs = self.lcfg.gan, {}
+    with self._autocast():
+        out = self.G(image, mask, stage=self.S.forward)
+        pred, comp = self._stage_pred(out)
+    # discriminator step
+    self.opt_d.zero_grad(set_to_none=True)
+    with self._autocast():
+        d_loss = 0.
+        for name in self.d_names:
+            a, b = self._d_scores(name, image, comp.detach().to(image.dtype), mask)
+            if name == 'fine' and self.mcfg.relativistic: l = relativistic_d_loss(a.float(), b.float(), kind)
+            else: l = adversarial_d_loss(a.float(), b.float(), kind)
+            logs[f'd_{name}'] = l; d_loss = d_loss + l
+    self._check(d_loss, 'discriminator')
+    self.scaler.scale(d_loss).backward(); self.scaler.step(self.opt_d)
+    # generator step (discriminators frozen and called outside DDP)
+    for name in self.d_names: _set_grad(self.discs[name], False)
+    self.opt_g.zero_grad(set_to_none=True)
+    with self._autocast():
+        rec, rlogs = reconstruction_loss(pred.float(), image, mask, self.lcfg, self.vgg)
+        logs.update({f'g_{k}': v for k, v in rlogs.items()})
+        adv = 0.
+        for name in self.d_names:
+            a, b = self._d_scores(name, image, comp, mask, frozen=True)
+            if name == 'fine' and self.mcfg.relativistic: l = relativistic_g_loss(a.float(), b.float(), kind)
+            else: l = adversarial_g_loss(b.float(), kind)
+            logs[f'g_adv_{name}'] = l; adv = adv + l
+        adv_w = self.tcfg.adversarial_at(self.stage, self.lcfg) if self.step >= self.tcfg.adv_warmup else 0.
+        g_loss = rec + adv_w * adv
+        if self.S.coarse_loss:
+            rec1, r1 = reconstruction_loss(out['coarse'].float(), image, mask, self.lcfg, self.vgg)
+            logs.update({f'g1_{k}': v for k, v in r1.items()}); g_loss = g_loss + rec1
+    logs['g_total'] = g_loss; logs['d_total'] = d_loss
+    self._check(g_loss, 'generator')
+    self.scaler.scale(g_loss).backward(); self.scaler.step(self.opt_g); self.scaler.update()
+    for name in self.d_names: _set_grad(self.discs[name], True)
+    return self._gather_logs(logs)
 
-    def _gather_logs(self, logs):
-        "Loss terms as floats; under DDP, averaged over ranks (each holds an equal share of the global batch)."
-        keys = sorted(logs)
-        v = torch.stack([torch.as_tensor(logs[k], dtype=torch.float32).detach().reshape(()).cpu() for k in keys])
-        if self.world > 1:
-            v = v.to(self.device); dist.all_reduce(v); v = v.cpu() / self.world
-        return dict(zip(keys, v.tolist()))
+@patch_to(Trainer)
+def _gather_logs(self, logs):
+    "Loss terms as floats; under DDP, averaged over ranks (each holds an equal share of the global batch)."
+    keys = sorted(logs)
+    v = torch.stack([torch.as_tensor(logs[k], dtype=torch.float32).detach().reshape(()).cpu() for k in keys])
+    if self.world > 1:
+        v = v.to(self.device); dist.all_reduce(v); v = v.cpu() / self.world
+    return dict(zip(keys, v.tolist()))
 
-    def _check(self, loss, what):
-        if not torch.isfinite(loss).all():
-            raise TrainingDiverged(f"{what} loss became {float(loss)} at {self.stage} step {self.step}; the last good "
-                                   f"checkpoint is kept in {self.out}. Lower the learning rates, use precision='fp32', "
-                                   "or check the data.")
+@patch_to(Trainer)
+def _check(self, loss, what):
+    if not torch.isfinite(loss).all():
+        raise TrainingDiverged(f"{what} loss became {float(loss)} at {self.stage} step {self.step}; the last good "
+                               f"checkpoint is kept in {self.out}. Lower the learning rates, use precision='fp32', "
+                               "or check the data.")
 
-    # -- checkpoints
-    def state_dict(self):
-        return {'stage': self.stage, 'step': self.step, 'best': self.best,
-                'model': self.model.state_dict(), 'discs': self.discs.state_dict(),
-                'opt_g': self.opt_g.state_dict(), 'opt_d': self.opt_d.state_dict(), 'scaler': self.scaler.state_dict(),
-                'rng': _rng_state(), 'model_cfg': self.mcfg.to_dict(), 'loss_cfg': self.lcfg.to_dict(),
-                'train_cfg': self.tcfg.to_dict(), 'precision_choice': self.precision_choice.to_dict(), 'threads': torch.get_num_threads(),
-                'data': self.data_info, 'code_version': code_version()}
+# %% ../nbs/12_train.ipynb #054de502
+@patch_to(Trainer)
+def state_dict(self):
+    return {'stage': self.stage, 'step': self.step, 'best': self.best,
+            'model': self.model.state_dict(), 'discs': self.discs.state_dict(),
+            'opt_g': self.opt_g.state_dict(), 'opt_d': self.opt_d.state_dict(), 'scaler': self.scaler.state_dict(),
+            'rng': _rng_state(), 'model_cfg': self.mcfg.to_dict(), 'loss_cfg': self.lcfg.to_dict(),
+            'train_cfg': self.tcfg.to_dict(), 'precision_choice': self.precision_choice.to_dict(), 'threads': torch.get_num_threads(),
+            'data': self.data_info, 'code_version': code_version()}
 
-    def save(self, name='last.pt', sync: bool = False):
-        "Rank 0 writes the checkpoint; with `sync`, every rank waits for it (the next stage reads `last.pt`)."
-        if self.rank == 0:
-            p = self.out / name
-            if name == 'last.pt' and p.exists() and not self._last_bad:   # keep the previous one until the new one is written
-                keep = self.out / 'last.prev.pt'; tmp = self.out / '.last.prev.tmp'
-                tmp.unlink(missing_ok=True)
-                try: os.link(p, tmp)
-                except OSError: import shutil; shutil.copy2(p, tmp)
-                os.replace(tmp, keep)
-            atomic_save(self.state_dict(), p)
-            if name == 'last.pt': self._last_bad = False
-        if sync and self.world > 1: dist.barrier()
+@patch_to(Trainer)
+def save(self, name='last.pt', sync: bool = False):
+    "Rank 0 writes the checkpoint; with `sync`, every rank waits for it (the next stage reads `last.pt`)."
+    if self.rank == 0:
+        p = self.out / name
+        if name == 'last.pt' and p.exists() and not self._last_bad:   # keep the previous one until the new one is written
+            keep = self.out / 'last.prev.pt'; tmp = self.out / '.last.prev.tmp'
+            tmp.unlink(missing_ok=True)
+            try: os.link(p, tmp)
+            except OSError: import shutil; shutil.copy2(p, tmp)
+            os.replace(tmp, keep)
+        atomic_save(self.state_dict(), p)
+        if name == 'last.pt': self._last_bad = False
+    if sync and self.world > 1: dist.barrier()
 
-    def load(self, path):
-        "Restore everything from a checkpoint (a path or a loaded dict) of this same stage and configuration."
-        ck = path if isinstance(path, dict) else read_checkpoint(path)
+@patch_to(Trainer)
+def load(self, path):
+    "Restore everything from a checkpoint (a path or a loaded dict) of this same stage and configuration."
+    ck = path if isinstance(path, dict) else read_checkpoint(path)
+    check_compatible(ck, self.mcfg, self.stage, stage1_only=self.S.shared)
+    if self.S.shared:   # a stage-1 run is shared by configurations that differ only in stage 2
+        _load_parts(self.model, ck['model'], ('coarse.',)); _load_parts(self.discs, ck['discs'], ('global.', 'local.'))
+    else: self.model.load_state_dict(ck['model']); self.discs.load_state_dict(ck['discs'])
+    self.opt_g.load_state_dict(ck['opt_g']); self.opt_d.load_state_dict(ck['opt_d']); self.scaler.load_state_dict(ck['scaler'])
+    _set_rng_state(ck['rng']); self.step, self.best = ck['step'], ck['best']
+    return self
+
+# %% ../nbs/12_train.ipynb #9519f12e
+@patch_to(Trainer)
+@torch.no_grad()
+def _val_batch(self):
+    n = min(self.tcfg.n_val, len(self.val_ds))
+    image = torch.stack([self.val_ds[i]['image'] for i in range(n)])
+    mask = mask_batch(self.tcfg.mask_family, n, self.tcfg.size, np.random.default_rng([self.tcfg.seed, 99]))
+    return image.to(self.device), mask.to(self.device)
+
+@patch_to(Trainer)
+@torch.no_grad()
+def validate(self):
+    "Mean absolute error inside the holes of fixed validation faces and masks (lower is better)."
+    self.model.eval()
+    image, mask = self._val_batch()
+    out = self.model(image, mask, stage=self.S.validate)
+    self.model.train()
+    if self.S.frozen_coarse: self.model.coarse.eval()
+    err = ((out['out'] - image).abs() * mask).sum() / (mask.sum() * 3).clamp(min=1)
+    return float(err), out
+
+@patch_to(Trainer)
+def save_samples(self, out):
+    image, mask = self._val_batch()
+    save_sample_grid(self.out / 'samples' / f'{self.stage}_step_{self.step:06d}.png', image, mask, out)
+
+# %% ../nbs/12_train.ipynb #c4bc0ebe
+@patch_to(Trainer)
+def fit(self, resume: bool = True, # continue from `out_dir/last.pt` when present
+        until: int | None = None, # stop (with a checkpoint) at this step, as an interruption would
+       ):
+    "Train this stage to its step count; returns the path of `last.pt`."
+    with (run_lock(self.out) if self.rank == 0 else contextlib.nullcontext()):
+        return self._fit(resume, until)
+
+@patch_to(Trainer)
+def _resume_from(self, last: Path):
+    "The checkpoint to resume from: `last.pt`, or (when it cannot be read) the previous one, with a warning."
+    try: return read_checkpoint(last), last
+    except Exception as e: err = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    for alt in (self.out / 'last.prev.pt', self.out / 'best.pt'):
+        if alt.exists():
+            try: ck = read_checkpoint(alt)
+            except Exception: continue
+            self._last_bad = True   # never keep the unreadable file as 'previous'
+            warnings.warn(f"cannot read {last} ({err}); resuming from {alt.name} (step {ck.get('step')}) instead", stacklevel=3)
+            return ck, alt
+    raise UserError(f"cannot read the checkpoint {last} ({err}) and no readable last.prev.pt or best.pt is beside it; "
+                    "start this run over with --no-resume (or delete the folder)")
+
+@patch_to(Trainer)
+def _fit(self, resume, until):
+    stop = self.tcfg.steps(self.stage)
+    # how this run's steps were trained (for the run record): this process's choice, unless it had nothing to do
+    self.trained_with = {'precision': self.precision_choice.to_dict(), 'threads': torch.get_num_threads()}
+    last = self.out / 'last.pt'
+    if resume and (last.exists() or (self.out / 'last.prev.pt').exists()):
+        ck, src = self._resume_from(last)
         check_compatible(ck, self.mcfg, self.stage, stage1_only=self.S.shared)
-        if self.S.shared:   # a stage-1 run is shared by configurations that differ only in stage 2
-            _load_parts(self.model, ck['model'], ('coarse.',)); _load_parts(self.discs, ck['discs'], ('global.', 'local.'))
-        else: self.model.load_state_dict(ck['model']); self.discs.load_state_dict(ck['discs'])
-        self.opt_g.load_state_dict(ck['opt_g']); self.opt_d.load_state_dict(ck['opt_d']); self.scaler.load_state_dict(ck['scaler'])
-        _set_rng_state(ck['rng']); self.step, self.best = ck['step'], ck['best']
-        return self
+        if ck['step'] >= stop and src == last:       # finished earlier: nothing to do
+            self.step = ck['step']
+            self.trained_with = {'precision': ck.get('precision_choice'), 'threads': ck.get('threads')}   # not today's choice
+            return last
 
-    # -- validation and samples
-    @torch.no_grad()
-    def _val_batch(self):
-        n = min(self.tcfg.n_val, len(self.val_ds))
-        image = torch.stack([self.val_ds[i]['image'] for i in range(n)])
-        mask = mask_batch(self.tcfg.mask_family, n, self.tcfg.size, np.random.default_rng([self.tcfg.seed, 99]))
-        return image.to(self.device), mask.to(self.device)
+        self.load(ck)
+    if self.rank == 0:
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.out / 'train_cfg.json', lambda p: Path(p).write_text(json.dumps(
+            {'stage': self.stage, 'model': self.mcfg.to_dict(), 'loss': self.lcfg.to_dict(), 'train': self.tcfg.to_dict(),
+             'precision_choice': self.precision_choice.to_dict(), 'data': self.data_info}, indent=1)))
+    if self.step >= stop: return last
+    logf = self.out / 'losses.csv'
+    if self.rank == 0 and logf.exists():   # drop rows past the checkpoint (they are re-run identically)
+        old = pd.read_csv(logf); old[old.step < self.step].to_csv(logf, index=False)
+    sampler = StepBatches(len(self.ds), self.tcfg.batch_size, self.seed + 1000 * STAGES.index(self.stage),
+                          self.step, stop, self.rank, self.world)
+    dl = torch.utils.data.DataLoader(self.ds, batch_sampler=sampler, num_workers=self.tcfg.num_workers,
+                                     collate_fn=lambda items: torch.stack([it['image'] for it in items]))
+    self.model.train(); self.discs.train()
+    if self.S.frozen_coarse: self.model.coarse.eval()   # frozen stage 1: its batch-norm statistics must not move
+    end = stop if until is None else min(until, stop)
+    bar = tqdm(total=stop, initial=self.step, desc=f'{self.stage}', disable=not self.progress, dynamic_ncols=True)
+    rows, t0 = [], time.time()
+    for image in dl:
+        if self.step >= end: break
+        mask = step_masks(self.tcfg.mask_family, self.tcfg.batch_size, self.tcfg.size, self.seed, self.stage,
+                          self.step, self.rank, self.world)
+        self._set_lr()
+        logs = self.train_step(image, mask)
+        self.step += 1
+        if self.on_step: self.on_step(1)
+        rows.append({'stage': self.stage, 'step': self.step - 1, 'time': time.time() - t0, **logs, 'val_hole_l1': float('nan')})
+        if self.step % self.tcfg.log_every == 0 or self.step == stop:
+            bar.set_postfix({k: f'{logs[k]:.3f}' for k in ('g_total', 'd_total', 'g_hole') if k in logs}); bar.update(self.step - bar.n)
+        if self.step % self.tcfg.val_every == 0 or self.step == stop:
+            v, out = self.validate()
+            rows[-1]['val_hole_l1'] = v
+            if v < self.best:
+                self.best = v; self.save('best.pt')
+            if self.rank == 0 and (self.step == stop or (self.tcfg.sample_every and self.step % self.tcfg.sample_every == 0)):
+                self.save_samples(out)
+        if self.step % self.tcfg.ckpt_every == 0 or self.step in (stop, end):
+            self._flush(rows, logf); rows = []
+            self.save('last.pt', sync=True)
+        if self.step == end: break
+    bar.close()
+    self._flush(rows, logf)
+    return last
 
-    @torch.no_grad()
-    def validate(self):
-        "Mean absolute error inside the holes of fixed validation faces and masks (lower is better)."
-        self.model.eval()
-        image, mask = self._val_batch()
-        out = self.model(image, mask, stage=self.S.validate)
-        self.model.train()
-        if self.S.frozen_coarse: self.model.coarse.eval()
-        err = ((out['out'] - image).abs() * mask).sum() / (mask.sum() * 3).clamp(min=1)
-        return float(err), out
-
-    def save_samples(self, out):
-        image, mask = self._val_batch()
-        save_sample_grid(self.out / 'samples' / f'{self.stage}_step_{self.step:06d}.png', image, mask, out)
-
-    # -- the loop
-    def fit(self, resume: bool = True, # continue from `out_dir/last.pt` when present
-            until: int | None = None, # stop (with a checkpoint) at this step, as an interruption would
-           ):
-        "Train this stage to its step count; returns the path of `last.pt`."
-        with (run_lock(self.out) if self.rank == 0 else contextlib.nullcontext()):
-            return self._fit(resume, until)
-
-    def _resume_from(self, last: Path):
-        "The checkpoint to resume from: `last.pt`, or (when it cannot be read) the previous one, with a warning."
-        try: return read_checkpoint(last), last
-        except Exception as e: err = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-        for alt in (self.out / 'last.prev.pt', self.out / 'best.pt'):
-            if alt.exists():
-                try: ck = read_checkpoint(alt)
-                except Exception: continue
-                self._last_bad = True   # never keep the unreadable file as 'previous'
-                warnings.warn(f"cannot read {last} ({err}); resuming from {alt.name} (step {ck.get('step')}) instead", stacklevel=3)
-                return ck, alt
-        raise UserError(f"cannot read the checkpoint {last} ({err}) and no readable last.prev.pt or best.pt is beside it; "
-                        "start this run over with --no-resume (or delete the folder)")
-
-    def _fit(self, resume, until):
-        stop = self.tcfg.steps(self.stage)
-        # how this run's steps were trained (for the run record): this process's choice, unless it had nothing to do
-        self.trained_with = {'precision': self.precision_choice.to_dict(), 'threads': torch.get_num_threads()}
-        last = self.out / 'last.pt'
-        if resume and (last.exists() or (self.out / 'last.prev.pt').exists()):
-            ck, src = self._resume_from(last)
-            check_compatible(ck, self.mcfg, self.stage, stage1_only=self.S.shared)
-            if ck['step'] >= stop and src == last:       # finished earlier: nothing to do
-                self.step = ck['step']
-                self.trained_with = {'precision': ck.get('precision_choice'), 'threads': ck.get('threads')}   # not today's choice
-                return last
-
-            self.load(ck)
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.out / 'train_cfg.json', lambda p: Path(p).write_text(json.dumps(
-                {'stage': self.stage, 'model': self.mcfg.to_dict(), 'loss': self.lcfg.to_dict(), 'train': self.tcfg.to_dict(),
-                 'precision_choice': self.precision_choice.to_dict(), 'data': self.data_info}, indent=1)))
-        if self.step >= stop: return last
-        logf = self.out / 'losses.csv'
-        if self.rank == 0 and logf.exists():   # drop rows past the checkpoint (they are re-run identically)
-            old = pd.read_csv(logf); old[old.step < self.step].to_csv(logf, index=False)
-        sampler = StepBatches(len(self.ds), self.tcfg.batch_size, self.seed + 1000 * STAGES.index(self.stage),
-                              self.step, stop, self.rank, self.world)
-        dl = torch.utils.data.DataLoader(self.ds, batch_sampler=sampler, num_workers=self.tcfg.num_workers,
-                                         collate_fn=lambda items: torch.stack([it['image'] for it in items]))
-        self.model.train(); self.discs.train()
-        if self.S.frozen_coarse: self.model.coarse.eval()   # frozen stage 1: its batch-norm statistics must not move
-        end = stop if until is None else min(until, stop)
-        bar = tqdm(total=stop, initial=self.step, desc=f'{self.stage}', disable=not self.progress, dynamic_ncols=True)
-        rows, t0 = [], time.time()
-        for image in dl:
-            if self.step >= end: break
-            mask = step_masks(self.tcfg.mask_family, self.tcfg.batch_size, self.tcfg.size, self.seed, self.stage,
-                              self.step, self.rank, self.world)
-            self._set_lr()
-            logs = self.train_step(image, mask)
-            self.step += 1
-            if self.on_step: self.on_step(1)
-            rows.append({'stage': self.stage, 'step': self.step - 1, 'time': time.time() - t0, **logs, 'val_hole_l1': float('nan')})
-            if self.step % self.tcfg.log_every == 0 or self.step == stop:
-                bar.set_postfix({k: f'{logs[k]:.3f}' for k in ('g_total', 'd_total', 'g_hole') if k in logs}); bar.update(self.step - bar.n)
-            if self.step % self.tcfg.val_every == 0 or self.step == stop:
-                v, out = self.validate()
-                rows[-1]['val_hole_l1'] = v
-                if v < self.best:
-                    self.best = v; self.save('best.pt')
-                if self.rank == 0 and (self.step == stop or (self.tcfg.sample_every and self.step % self.tcfg.sample_every == 0)):
-                    self.save_samples(out)
-            if self.step % self.tcfg.ckpt_every == 0 or self.step in (stop, end):
-                self._flush(rows, logf); rows = []
-                self.save('last.pt', sync=True)
-            if self.step == end: break
-        bar.close()
-        self._flush(rows, logf)
-        return last
-
-    def _flush(self, rows, logf):
-        if self.rank != 0 or not rows: return
-        df = pd.DataFrame(rows)
-        if logf.exists():
-            cols = pd.read_csv(logf, nrows=0).columns.tolist()
-            if cols != df.columns.tolist():   # columns changed (e.g. resumed with another loss set): rewrite aligned
-                df = pd.concat([pd.read_csv(logf), df], ignore_index=True)
-                atomic_write(logf, lambda p: df.to_csv(p, index=False)); return
-        df.to_csv(logf, mode='a', header=not logf.exists(), index=False)
+@patch_to(Trainer)
+def _flush(self, rows, logf):
+    if self.rank != 0 or not rows: return
+    df = pd.DataFrame(rows)
+    if logf.exists():
+        cols = pd.read_csv(logf, nrows=0).columns.tolist()
+        if cols != df.columns.tolist():   # columns changed (e.g. resumed with another loss set): rewrite aligned
+            df = pd.concat([pd.read_csv(logf), df], ignore_index=True)
+            atomic_write(logf, lambda p: df.to_csv(p, index=False)); return
+    df.to_csv(logf, mode='a', header=not logf.exists(), index=False)
 
 # %% ../nbs/12_train.ipynb #bb03fbec
 def save_sample_grid(path, image, mask, out, n: int = 8):

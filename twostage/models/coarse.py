@@ -8,66 +8,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from ..core import check_batch
-from ..attention import Registry, build_attention
+from ..attention import build_attention
+from ..layers import NORMS, build_norm, count_params, ConvBlock, ResBlock, UpBlock
 
 # %% auto #0
-__all__ = ['NORMS', 'PREFILLS', 'ATTN_PLACES', 'build_norm', 'count_params', 'ConvBlock', 'ResBlock', 'UpBlock', 'pull_push_fill',
-           'CoarseGenerator']
-
-# %% ../../nbs/04_models.coarse.ipynb #50a6a429
-NORMS = Registry('norm kind',
-    batch=lambda ch: nn.BatchNorm2d(ch),
-    instance=lambda ch: nn.InstanceNorm2d(ch, affine=True),
-    none=lambda ch: nn.Identity())
-
-def build_norm(kind: str, # one of `NORMS`: 'batch', 'instance', 'none'
-               ch: int,   # channels to normalise
-              ) -> nn.Module:
-    "A normalisation layer by name."
-    return NORMS[kind](ch)
-
-def count_params(module: nn.Module, trainable_only: bool = False) -> int:
-    "Number of parameters of `module` (optionally only those with `requires_grad`)."
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-class ConvBlock(nn.Sequential):
-    "Convolution, normalisation, LeakyReLU(0.2); the conv has a bias only when there is no norm."
-    def __init__(self, cin: int, cout: int, # input and output channels
-                 k: int = 3, # kernel size
-                 stride: int = 1, # 2 halves H and W (for even sizes)
-                 dilation: int = 1, # dilation rate (padding keeps the size)
-                 norm: str = 'instance', # normalisation kind
-                 act: bool = True, # end with LeakyReLU(0.2)
-                ):
-        pad = dilation * (k - 1) // 2
-        super().__init__(nn.Conv2d(cin, cout, k, stride, pad, dilation, bias=norm == 'none'),
-                         build_norm(norm, cout), nn.LeakyReLU(0.2, inplace=True) if act else nn.Identity())
-
-class ResBlock(nn.Module):
-    "Two 3 x 3 conv blocks with a residual connection: `x + f(x)`."
-    def __init__(self, ch: int, # channels (in = out)
-                 norm: str = 'instance', # normalisation kind
-                 dilation: int = 1, # dilation of the first convolution
-                ):
-        super().__init__()
-        self.f = nn.Sequential(ConvBlock(ch, ch, 3, dilation=dilation, norm=norm), ConvBlock(ch, ch, 3, norm=norm, act=False))
-    def forward(self, x): return x + self.f(x)
-
-class UpBlock(nn.Module):
-    "Decoder level: nearest x2 upsampling, concatenation of the skip feature (if any), conv block, attention."
-    def __init__(self, cin: int, # channels coming from below
-                 cskip: int, # channels of the skip feature (0: no skip)
-                 cout: int, # output channels
-                 norm: str = 'instance', # normalisation kind
-                 attention: str = 'none', # attention kind applied to the output
-                ):
-        super().__init__()
-        self.cskip = cskip
-        self.conv, self.attn = ConvBlock(cin + cskip, cout, 3, norm=norm), build_attention(attention, cout)
-    def forward(self, x, skip=None): # x: B x cin x h x w, skip: B x cskip x 2h x 2w
-        x = F.interpolate(x, scale_factor=2, mode='nearest')
-        if self.cskip: x = torch.cat([x, skip], 1)
-        return self.attn(self.conv(x))
+__all__ = ['PREFILLS', 'ATTN_PLACES', 'pull_push_fill', 'CoarseGenerator']
 
 # %% ../../nbs/04_models.coarse.ipynb #25fd6014
 PREFILLS = ('none', 'pullpush')
@@ -114,7 +59,7 @@ class CoarseGenerator(nn.Module):
         self.mid = nn.Sequential(*[ResBlock(chs[-1], norm) for _ in range(n_res)])
         self.mid_attn = build_attention(attention if 'bottleneck' in at else 'none', chs[-1])
         self.ups = nn.ModuleList(
-            UpBlock(chs[i + 1], chs[i] if skips else 0, chs[i], norm, attention if 'decoder' in at and i > 0 else 'none')
+            UpBlock(chs[i + 1], chs[i] if skips else 0, chs[i], norm, build_attention(attention if 'decoder' in at and i > 0 else 'none', chs[i]))
             for i in reversed(range(depth)))
         self.head = nn.Conv2d(chs[0], 3, 3, padding=1)
         if prefill not in PREFILLS: raise ValueError(f"unknown prefill {prefill!r}; valid: {PREFILLS}")

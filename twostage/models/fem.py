@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from ..attention import build_attention
-from .coarse import build_norm, count_params
+from ..layers import build_norm, count_params
 
 # %% auto #0
 __all__ = ['FEM', 'PlainBlock']

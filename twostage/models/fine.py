@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from ..core import check_batch
-from .coarse import ConvBlock, UpBlock, count_params
+from ..layers import ConvBlock, UpBlock, count_params
 from .fem import FEM, PlainBlock
 
 # %% auto #0

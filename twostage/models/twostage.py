@@ -10,8 +10,9 @@ import pandas as pd
 import torch
 from torch import nn
 from ..core import check_batch, masked_input, composite, stable_hash, figures_dir, atomic_write, strict_from_dict
-from ..attention import ATTENTION, attention_maps, keep_attention_maps
-from .coarse import NORMS, ATTN_PLACES, PREFILLS, CoarseGenerator, count_params
+from ..attention import ATTENTION
+from ..layers import NORMS, count_params
+from .coarse import ATTN_PLACES, PREFILLS, CoarseGenerator
 from .fine import FineNet
 from .discriminators import PatchDiscriminator, LocalDiscriminator, RelativisticDiscriminator
 
@@ -137,13 +138,6 @@ class TwoStage(nn.Module):
             fine = self.fine(coarse_out.detach() if detach_coarse else coarse_out, mask)
             res.update(fine=fine, out=composite(fine, image, mask))
         return res
-
-    def keep_attention_maps(self, on: bool = True):
-        "Make every attention module keep its last map (for figures); returns self."
-        return keep_attention_maps(self, on)
-    def attention_maps(self) -> dict:
-        "Qualified module name -> the map kept by the last forward pass."
-        return attention_maps(self)
 
 def build_model(cfg: ModelCfg = PAPER_CFG) -> TwoStage:
     "The generators described by `cfg`."
