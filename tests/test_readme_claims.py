@@ -1,4 +1,4 @@
-"The README's verdicts on the paper's claims are the committed ones (figures/*_claims.csv), never edited by hand."
+"The README's verdicts on the paper's claims are the committed ones (figures/*_claims.csv, stage2_study_cpu.csv), never edited by hand."
 import re
 from pathlib import Path
 import pandas as pd
@@ -10,7 +10,7 @@ VERDICT_ROW = re.compile(r'^\| (.+?) \| (psnr|ssim|\w*lpips\w*) \| .*\| (support
 
 def committed_verdicts() -> dict:
     out = {}
-    for name in ('table6_claims.csv', 'stage1_claims.csv'):
+    for name in ('table6_claims.csv', 'stage1_claims.csv', 'stage2_study_cpu.csv'):
         p = ROOT / 'figures' / name
         if p.exists(): out.update({(r.row, r.metric): r.verdict for r in pd.read_csv(p).itertuples()})
     return out

@@ -137,15 +137,15 @@ def fig_claims(c: pd.DataFrame,          # a `twostage.tables.claims` table
             ax.errorbar(r.diff, yy, xerr=[[r.diff - r.diff_lo], [r.diff_hi - r.diff]], fmt='o', color=VERDICT_COLOURS[r.verdict], capsize=3)
         ax.set_yticks(y); ax.set_yticklabels(d.row, fontsize=8)
         ax.set_xlabel(f'ours: {m}, row - reference (95 % interval over faces)', fontsize=8)
-        if len(fl) and i == 0: ax.legend(fontsize=7, loc='lower right')
         if has_paper:
             ax2 = axs[i, 1]; ax2.axvline(0, color='k', lw=0.8)
             ax2.barh(y, d.paper_diff, color=[VERDICT_COLOURS[v] for v in d.verdict], alpha=0.6)
             ax2.set_yticks(y); ax2.set_yticklabels([]); ax2.set_xlabel(f'paper: {m}, row - row 9', fontsize=8)
     handles = [plt.Line2D([], [], marker='o', ls='', color=col, label=v) for v, col in VERDICT_COLOURS.items()]
+    if c.noise_floor.notna().any(): handles.append(matplotlib.patches.Patch(color='0.9', label='training-noise floor'))
     h = fig.get_figheight(); top = 1 - 0.75 / h                      # room for the title and the legend, in inches
     if title: fig.suptitle(title, fontsize=10, y=1 - 0.12 / h)
-    fig.legend(handles=handles, loc='upper center', bbox_to_anchor=(0.5, 1 - 0.35 / h), ncol=3, fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc='upper center', bbox_to_anchor=(0.5, 1 - 0.35 / h), ncol=len(handles), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, top))
     return fig
 

@@ -267,7 +267,7 @@ def write_stage2_study(per: dict, floor: dict, out, profile: str, metrics, fl_no
         f"so conservative for a difference from one fixed stage 1). {fl_note}")))
     if make_figures:
         from twostage.figures import fig_claims, save_figure
-        w['stage2_study'] = save_figure(fig_claims(c, title='Stage 2 - its stage 1 (95 % interval)'), f'stage2_study_{profile}', out)
+        w['stage2_study'] = save_figure(fig_claims(c, metrics, title='Stage 2 - its stage 1 (95 % interval)'), f'stage2_study_{profile}', out)
     return w
 
 def write_glasses_claim(results: pd.DataFrame, # long-format results of Table 6 rows and peers on the eye-frame holes

@@ -179,7 +179,7 @@ class Trainer:
     "Trains one stage of a two-stage model; resumable, DDP-aware, logs every loss term."
     def __init__(self,
                  model_cfg: ModelCfg,   # the model to build
-                 loss_cfg: LossCfg,     # loss weights (stage 1 and 2 use the same recipe)
+                 loss_cfg: LossCfg,     # loss weights (both stages; `train_cfg.adversarial_fine` may set stage 2's adversarial weight)
                  train_cfg: TrainCfg,   # steps, optimiser, precision, logging
                  dataset,               # a twostage.data.FaceDataset of training faces
                  out_dir,               # where this run writes (checkpoints, logs, samples)
