@@ -126,7 +126,7 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
                                 per_image=lambda: evaluate(model_fn(model, 'coarse', device), sets, masks, prof.families, perc,
                                                            prof.eval_batch, progress=progress))
             results.append(r.assign(table='stage_gain', row='9 (stage 1 only)')); per_paths['t6_row9_coarse'] = _per_image_path(rc)
-        if ef and exp.table == 'table6':
+        if ef and exp.table in ('table6', 'seeds'):   # seed repeats too: the training noise on these holes
             fn = model_fn(model, exp.eval_stage, device); efp = res_dir / f'{exp.name}-{key}-{ef_proto}.csv'
             r, _ = _cached_eval(efp, lambda per: summarise(per, exp.name, key, prof.train.seed, stage=exp.eval_stage, size=size,
                                                           profile=prof.name),
@@ -139,9 +139,11 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     if experiments is None:   # seed repeats and study rows evaluated by an earlier `make seeds` / `make stage2` stay in the results
         for e in [e for e in SEEDS + STAGE2_STUDY if not optional[e.table]]:
             st = 'fine' if 'fine' in e.stages else 'coarse'
-            rp = res_dir / f'{e.name}-{plan_experiment(e, prof, faces, runs, device, log=None)[st][2]}-{proto}.csv'
+            k = plan_experiment(e, prof, faces, runs, device, log=None)[st][2]; rp = res_dir / f'{e.name}-{k}-{proto}.csv'
             if rp.exists():
                 results.append(pd.read_csv(rp).assign(table=e.table, row=e.row)); per_paths[e.name] = _per_image_path(rp)
+            if ef and e.table == 'seeds' and (efp := res_dir / f'{e.name}-{k}-{ef_proto}.csv').exists():
+                ef_results.append(pd.read_csv(efp).assign(table=e.table, row=e.row)); ef_per[e.name] = _per_image_path(efp)
     if peers:
         for name in prof.peers:
             t1 = time.time(); rp = res_dir / f'peer_{name}-{proto}.csv'
@@ -276,9 +278,14 @@ def write_glasses_claim(results: pd.DataFrame, # long-format results of Table 6 
                         images=None, masks=None, preds: dict | None = None, # a few faces, their holes, method -> results (figure)
                        ) -> dict:
     "The paper's glasses claim on eye-frame holes: every row and peer with intervals, verdicts, and a figure of a few faces."
-    from twostage.tables import paired_bootstrap, claims, table6_claim_rows, claims_md
+    from twostage.tables import paired_bootstrap, claims, table6_claim_rows, claims_md, seed_spread, noise_floor
     out, w = Path(out), {}
     metrics = ('psnr', 'ssim') + ((perceptual,) if perceptual else ())
+    spread = seed_spread(results, metrics, subset='eyeglasses')   # the stage-2 seed repeats on these same holes
+    floor = noise_floor(spread) or None
+    fl_note = (f" Noise floor from the stage-2 seed repeats on these holes ({', '.join(f'{r} x{n}' for r, n in spread.groupby('row').n_seeds.first().items())}): "
+               + ', '.join(f'{m} {v:.4f}' for m, v in floor.items()) + "; applied to the peers' differences too (conservative: "
+               "a peer has no training noise)." if floor else " No seed repeats on these holes (`make seeds`): intervals over faces only.")
     w['eyeframe_results'] = atomic_write(out / f'eyeframe_{profile}.csv', lambda p: results.to_csv(p, index=False))
     per = {n: pd.read_csv(p) for n, p in per_paths.items()}
     if 't6_row9' not in per or len(per) < 2: return w
@@ -286,12 +293,12 @@ def write_glasses_claim(results: pd.DataFrame, # long-format results of Table 6 
     w['eyeframe_bootstrap'] = atomic_write(out / f'eyeframe_bootstrap_{profile}.csv', lambda p: bt.to_csv(p, index=False))
     b = bt[bt.family == 'pooled']
     rows, paper = table6_claim_rows(perceptual, T6_LABELS)
-    c = claims(bt, {k: v for k, v in rows.items() if k in per}, None, metrics, subset='eyeglasses', paper=paper)
+    c = claims(bt, {k: v for k, v in rows.items() if k in per}, floor, metrics, subset='eyeglasses', paper=paper)
     peers = sorted(n for n in per if n.startswith('peer_'))
-    cp = claims(bt, {n: (n.replace('peer_', ''), -1) for n in peers}, None, metrics, subset='eyeglasses')
+    cp = claims(bt, {n: (n.replace('peer_', ''), -1) for n in peers}, floor, metrics, subset='eyeglasses')
     md = [claims_md(c, "The glasses claim: eye-frame holes on faces with eyeglasses",
                     f"Profile `{profile}`; {int(b.n.max())} test faces with eyeglasses, one eye-frame hole each (part of the frames stays "
-                    "visible, so their structure can be continued); reference: row 9 (the full model); intervals over faces."),
+                    "visible, so their structure can be continued); reference: row 9 (the full model); intervals over faces." + fl_note),
           '\n## The peers on the same holes\n\n',
           'A "supported" peer is worse than the full model (the paper\'s claim about other methods), "contradicted" better.\n\n',
           claims_md(cp, 'Peers against the full model').split('\n', 2)[2]]
