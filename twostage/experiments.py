@@ -23,9 +23,10 @@ from .core import UserError
 from .train import maybe_init_distributed
 
 # %% auto #0
-__all__ = ['FULL', 'FULL_LOSS', 'TABLE6_ROWS', 'TABLE6', 'STAGE1', 'SEED_ROWS', 'SEEDS', 'STAGE2_STUDY', 'RECIPES', 'EXPERIMENTS',
-           'SMOKE_SIZES', 'CPU_CFG', 'RELEASE_CFG', 'PROFILES', 'Experiment', 'get_experiment', 'Profile',
-           'get_profile', 'stage_keys', 'data_id', 'plan_experiment', 'train_experiment', 'main']
+__all__ = ['FULL', 'FULL_LOSS', 'TABLE6_ROWS', 'TABLE6', 'STAGE1', 'SEED_ROWS', 'SEEDS', 'STAGE2_STUDY', 'LONG_STAGE2',
+           'LONG_ROWS', 'RECIPES', 'EXPERIMENTS', 'SMOKE_SIZES', 'CPU_CFG', 'RELEASE_CFG', 'PROFILES', 'Experiment',
+           'get_experiment', 'Profile', 'get_profile', 'stage_keys', 'data_id', 'plan_experiment', 'train_experiment',
+           'main']
 
 # %% ../nbs/15_experiments.ipynb #a9c4c1c9
 FULL = PAPER_CFG
@@ -98,6 +99,16 @@ STAGE2_STUDY = [   # what it takes for stage 2 to refine (`make stage2`); only s
     _s2('adv_0.01', 'stage-2 adversarial weight 0.01', adversarial_fine=0.01),
     _s2('adv_0', 'no adversarial term in stage 2 (L1, perceptual, style only)', adversarial_fine=0.),
 ]
+LONG_STAGE2 = 3000   # stage-2 steps at which the full model's stage 2 refines beyond the noise floor (the study above)
+def _long(e, seed=0):   # a Table 6 row with the long stage 2 (and optionally another stage-2 seed), over the shared stage 1
+    return replace(e, name=f's2_{e.name}_steps_{LONG_STAGE2}' + (f'_seed{seed}' if seed else ''), table='stage2',
+                   row=f'{e.row}, {LONG_STAGE2:,} stage-2 steps' + (f', seed {seed}' if seed else ''),
+                   train_delta=_pairs(dict(steps_fine=LONG_STAGE2, **({'fine_seed': seed} if seed else {}))))
+LONG_ROWS = ('t6_row7', 't6_row8')   # rows 7 and 8 against row 9 (`s2_steps_3000`) when stage 2 refines
+STAGE2_STUDY += [_long(e) for e in TABLE6 if e.name in LONG_ROWS]
+STAGE2_STUDY += [replace(STAGE2_STUDY[0], name=f'{STAGE2_STUDY[0].name}_seed{s}', row=f'{STAGE2_STUDY[0].row}, seed {s}',
+                         train_delta=_pairs(dict(steps_fine=LONG_STAGE2, fine_seed=s))) for s in (1, 2)]
+STAGE2_STUDY += [_long(e, s) for e in TABLE6 if e.name == 't6_row8' for s in (1, 2)]   # the floor at 3,000 steps: rows 9 and 8
 def _recipe(name, modules, **deltas):
     return Experiment.delta(f'recipe_{name}', 'recipe', name, modules, stages=('coarse',), over_profile=True, **deltas)
 RECIPES = {r.row: r for r in (   # short stage-1 runs of a profile's full model (`python -m twostage.bench recipe`)
