@@ -38,7 +38,8 @@ seeds: install
 	$(BIN)/twostage-reproduce --profile $(PROFILE) --precision $(PRECISION) --seeds
 
 # Stage 2 of the full model trained four other ways over the main job's cached stage 1 (more steps, its own
-# learning rate, a smaller or no adversarial term), each against its stage 1's own output (stage2_study_<profile>.md).
+# learning rate, a smaller or no adversarial term), each against its stage 1's own output (stage2_study_<profile>.md);
+# then Table 6's rows 7 and 8 with the long stage 2, and two more seeds of rows 9 and 8 there (stage2_long_<profile>.md).
 stage2: install
 	$(BIN)/twostage-reproduce --profile $(PROFILE) --precision $(PRECISION) --stage2
 

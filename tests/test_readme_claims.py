@@ -10,7 +10,7 @@ VERDICT_ROW = re.compile(r'^\| (.+?) \| (psnr|ssim|\w*lpips\w*) \| .*\| (support
 
 def committed_verdicts() -> dict:
     out = {}
-    for name in ('table6_claims.csv', 'stage1_claims.csv', 'stage2_study_cpu.csv'):
+    for name in ('table6_claims.csv', 'stage1_claims.csv', 'stage2_study_cpu.csv', 'stage2_long_cpu.csv'):
         p = ROOT / 'figures' / name
         if p.exists(): out.update({(r.row, r.metric): r.verdict for r in pd.read_csv(p).itertuples()})
     return out

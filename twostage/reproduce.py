@@ -7,11 +7,12 @@ from __future__ import annotations
 import json, time
 from dataclasses import replace
 from pathlib import Path
+import numpy as np
 import pandas as pd
 import torch
 
 from .core import runs_dir, figures_dir, stable_hash, atomic_write, code_version, get_device, seed_everything
-from .experiments import (TABLE6, TABLE6_ROWS, STAGE1, SEEDS, STAGE2_STUDY, Experiment, Profile, get_profile, train_experiment, stage_keys,
+from .experiments import (TABLE6, TABLE6_ROWS, STAGE1, SEEDS, STAGE2_STUDY, LONG_STAGE2, Experiment, Profile, get_profile, train_experiment, stage_keys,
                                   data_id, plan_experiment)
 from .masks import load_eval_masks
 from .runtime import EtaMeter, cpu_capability, choose_precision
@@ -160,13 +161,16 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
                 ef_results.append(r.assign(table='peers', row=name)); ef_per[f'peer_{name}'] = _per_image_path(efp)
                 if name in GLASSES_CLAIM_PEERS: ef_preds[name] = fn(ef_sets['eyeglasses'][:len(ef_show)], ef_show)
             log(f"[peer] {name}: {'from cache' if cached else 'evaluated'} ({time.time() - t1:.0f} s)")
+    order = {e.name: i for i, e in enumerate(pool)} | {'t6_row9_coarse': pool.index(TABLE6[-1]) + 0.5}
+    results.sort(key=lambda r: order.get(r.experiment.iloc[0], len(order)))   # one order whichever tables this run trained
     allres = pd.concat(results, ignore_index=True)
     res_path = atomic_write(figs / f'results_{prof.name}.csv', lambda p: allres.to_csv(p, index=False))
     log(f"[results] {res_path} ({len(allres)} rows)")
     written = {'results': res_path}
     from twostage.tables import write_tables
     written.update(write_tables(allres, figs, profile=prof.name, modules=T6_LABELS))
-    written.update(write_uncertainty(allres, {n: p for n, p in per_paths.items() if p.exists()}, figs, prof.name,
+    written.update(write_uncertainty(allres, {n: p for n, p in sorted(per_paths.items(), key=lambda kv: order.get(kv[0], len(order)))
+                                               if p.exists()}, figs, prof.name,
                                      (perc.name,), make_figures=make_figures))
     if ef:
         written.update(write_glasses_claim(pd.concat(ef_results, ignore_index=True), {n: p for n, p in ef_per.items() if p.exists()},
@@ -231,7 +235,7 @@ def write_uncertainty(results: pd.DataFrame,  # the combined long-format results
                 f"bootstrap over faces (1000 resamples). {fl_note}")))
             figs['table6_claims'] = (c6, 'Table 6: row - full model, ours (95 % interval) and the paper')
     if 't6_row9_coarse' in per and any(n.startswith('s2_') for n in per):   # the stage-2 study (`make stage2`)
-        w.update(write_stage2_study(per, floor, out, profile, metrics, fl_note, make_figures))
+        w.update(write_stage2_study(per, floor, out, profile, metrics, fl_note, make_figures, results=results))
     s1 = {n: d for n, d in per.items() if n.startswith('s1_')}
     if 's1_full' in s1 and len(s1) > 1:
         from twostage.experiments import STAGE1
@@ -250,13 +254,16 @@ def write_uncertainty(results: pd.DataFrame,  # the combined long-format results
         for name, (c, title) in figs.items(): w[name] = save_figure(fig_claims(c, title=title), name, out)
     return w
 
-def write_stage2_study(per: dict, floor: dict, out, profile: str, metrics, fl_note: str = '', make_figures: bool = True) -> dict:
-    "Does stage 2 refine? Every stage 2 trained over the full model's shared stage 1, against that stage 1's own output."
+def write_stage2_study(per: dict, floor: dict, out, profile: str, metrics, fl_note: str = '', make_figures: bool = True,
+                       results: pd.DataFrame | None = None, # the run's long-format results (for the seed spread of the long stage 2)
+                      ) -> dict:
+    """Does stage 2 refine? Every stage 2 trained over the full model's shared stage 1, against that stage 1's own output;
+    and Table 6's rows 7 and 8 against row 9 when stage 2 has the steps to refine, with the noise floor measured there."""
     from twostage.tables import paired_bootstrap, claims, claims_md
     out, w = Path(out), {}
     rows = {'t6_row9': ("9: the profile's stage 2", 1), **{f't6_row9_seed{s}': (f'9, stage-2 seed {s}', 1) for s in (1, 2)},
             't6_row8': ('8: a plain (not relativistic) stage-2 discriminator', 1),
-            **{e.name: (f'{e.row}: {e.modules}', 1) for e in STAGE2_STUDY}}
+            **{e.name: (f'{e.row}: {e.modules}', 1) for e in STAGE2_STUDY if not e.name.startswith('s2_t6_')}}
     rows = {n: v for n, v in rows.items() if n in per}
     bt = paired_bootstrap({n: per[n] for n in ['t6_row9_coarse', *rows]}, 't6_row9_coarse', metrics=metrics)
     c = claims(bt, rows, floor, metrics)
@@ -270,6 +277,38 @@ def write_stage2_study(per: dict, floor: dict, out, profile: str, metrics, fl_no
     if make_figures:
         from twostage.figures import fig_claims, save_figure
         w['stage2_study'] = save_figure(fig_claims(c, metrics, title='Stage 2 - its stage 1 (95 % interval)'), f'stage2_study_{profile}', out)
+    w.update(_long_stage2_claims(per, out, profile, metrics, make_figures, results))
+    return w
+
+def _long_stage2_claims(per, out, profile, metrics, make_figures, results) -> dict:
+    "Rows 7 and 8 against row 9, all with the long stage 2, and the noise floor of their own seed repeats."
+    from twostage.tables import paired_bootstrap, claims, claims_md, seed_spread, noise_floor, table6_claim_rows
+    ref = f's2_steps_{LONG_STAGE2}'   # row 9 with the long stage 2
+    names = [n for n in per if n == ref or n.startswith(ref + '_seed') or (n.startswith('s2_t6_') and f'_steps_{LONG_STAGE2}' in n)]
+    if ref not in per or len(names) < 2 or results is None: return {}
+    r = results[results.experiment.isin(names)].copy()
+    r['table'] = np.where(r.experiment.str.contains('_seed'), 'seeds', 'stage2')   # `seed_spread` reads `<row>_seed<k>`
+    spread = seed_spread(r, metrics); floor = noise_floor(spread) or None
+    t6_rows, paper = table6_claim_rows(metrics[2] if len(metrics) > 2 else None, T6_LABELS)
+    long = lambda n: f's2_{n}_steps_{LONG_STAGE2}'
+    rows = {long(n): (f'{lab} ({LONG_STAGE2:,} stage-2 steps)', s) for n, (lab, s) in t6_rows.items() if long(n) in per}
+    c = claims(paired_bootstrap({n: per[n] for n in names}, ref, metrics=metrics), rows, floor, metrics,
+               paper={long(n): d for n, d in paper.items()})
+    w = {}
+    if len(spread): w['stage2_long_seeds'] = atomic_write(out / f'stage2_long_seeds_{profile}.csv', lambda p: spread.to_csv(p, index=False))
+    w['stage2_long_csv'] = atomic_write(out / f'stage2_long_{profile}.csv', lambda p: c.to_csv(p, index=False))
+    note = (f"Profile `{profile}`; every row with {LONG_STAGE2:,} stage-2 steps over the shared stage 1 (where the full model's stage 2 "
+            "refines beyond the noise floor); reference: row 9 with the same stage 2 "
+            f"(`{ref}`); all test faces, mask families pooled; intervals: paired bootstrap over faces. "
+            + (f"Noise floor from the seed repeats at {LONG_STAGE2:,} steps ({', '.join(f'{x} x{n}' for x, n in spread.groupby('row').n_seeds.first().items())}; "
+               f"`stage2_long_seeds_{profile}.csv`): " + ', '.join(f'{m} {v:.4f}' for m, v in floor.items()) + '.' if floor else
+               "No seed repeats at this length: intervals over faces only."))
+    w['stage2_long_md'] = atomic_write(out / f'stage2_long_{profile}.md', lambda p: Path(p).write_text(claims_md(
+        c, f"Table 6 rows 7 and 8 when stage 2 refines ({LONG_STAGE2:,} stage-2 steps)", note)))
+    if make_figures and len(c):
+        from twostage.figures import fig_claims, save_figure
+        w['stage2_long'] = save_figure(fig_claims(c, metrics, title=f'Rows 7, 8 - row 9, all at {LONG_STAGE2:,} stage-2 steps'),
+                                       f'stage2_long_{profile}', out)
     return w
 
 def write_glasses_claim(results: pd.DataFrame, # long-format results of Table 6 rows and peers on the eye-frame holes
