@@ -149,6 +149,7 @@ class Profile:
     vgg_layers: tuple | None = None # VGG16 layers of the perceptual/style terms (None: the experiment's LossCfg)
     recipe_fields: tuple = ()       # further ModelCfg fields this profile takes from `sizes` (no row may ablate them)
     min_side: int = 0               # keep only faces whose stored image is at least this many pixels on its short side
+    step_cap: int = 0               # at most this many steps per stage, whatever a row asks (0: no cap; `smoke` tests mechanics)
 
     def model_cfg(self, exp: Experiment) -> ModelCfg:
         "The experiment's module switches at this profile's sizes (and recipe fields)."
@@ -170,7 +171,9 @@ class Profile:
         return exp.loss if self.vgg_layers is None else replace(exp.loss, vgg_layers=self.vgg_layers)
     def train_cfg(self, exp: Experiment) -> TrainCfg:
         t = replace(self.train, steps_coarse=self.stage1_steps) if exp.table == 'stage1' and self.stage1_steps is not None else self.train
-        return replace(t, **dict(exp.train_delta)) if exp.train_delta else t
+        t = replace(t, **dict(exp.train_delta)) if exp.train_delta else t
+        if not self.step_cap: return t
+        return replace(t, **{f: min(getattr(t, f), self.step_cap) for f in ('steps_coarse', 'steps_fine', 'steps_joint')})
 
 SMOKE_SIZES = TINY_CFG
 CPU_CFG = replace(LITE_CFG, coarse_norm='none', fine_residual=True)   # the cpu profile's sizes and recipe
@@ -178,7 +181,7 @@ RELEASE_CFG = CPU_CFG   # the release model: the cpu recipe (a pull-push start, 
 PROFILES = {
     'smoke': Profile('smoke', SMOKE_SIZES, TrainCfg(size=32, batch_size=2, steps_coarse=2, steps_fine=2, log_every=1,
                      sample_every=0, ckpt_every=2, val_every=2, n_val=2), n_test=4, n_glasses=2,
-                     families=('medium', 'eyeband'), eval_batch=4, peers=('telea', 'mean_fill'), vgg_layers=('pool1',)),
+                     families=('medium', 'eyeband'), eval_batch=4, peers=('telea', 'mean_fill'), vgg_layers=('pool1',), step_cap=2),
     'cpu': Profile('cpu', CPU_CFG, TrainCfg(size=64, batch_size=8, steps_coarse=10_000, steps_fine=1000, lr_g=1e-3,
                    lr_schedule='cosine', precision='auto', channels_last=True, sample_every=1000, ckpt_every=250,
                    val_every=250, log_every=10), stage1_steps=1200, n_test=120, n_glasses=50,
