@@ -202,6 +202,9 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     return written
 
 # %% ../nbs/17_reproduce.ipynb #336f8a45
+def _seed_runs(spread) -> str: return ', '.join(f'{r} x{n}' for r, n in spread.groupby('row').n_seeds.first().items())
+def _floor_values(floor) -> str: return ', '.join(f'{m} {v:.4f}' for m, v in floor.items())   # words for the notes of the tables
+
 def write_uncertainty(results: pd.DataFrame,  # the combined long-format results of a run
                       per_paths: dict,        # name -> its per-face results file
                       out,                    # where tables and figures go
@@ -215,8 +218,8 @@ def write_uncertainty(results: pd.DataFrame,  # the combined long-format results
     per = {n: pd.read_csv(p) for n, p in per_paths.items()}
     spread = seed_spread(results, metrics); floor = noise_floor(spread)
     if len(spread): w['seeds'] = atomic_write(out / f'seeds_{profile}.csv', lambda p: spread.to_csv(p, index=False))
-    fl_note = (f"Noise floor from stage-2 seed repeats ({', '.join(f'{r} x{n}' for r, n in spread.groupby('row').n_seeds.first().items())} "
-               f"seeds; `seeds_{profile}.csv`): " + ', '.join(f'{m} {v:.4f}' for m, v in floor.items()) + '.') if floor else \
+    fl_note = (f"Noise floor from stage-2 seed repeats ({_seed_runs(spread)} "
+               f"seeds; `seeds_{profile}.csv`): " + _floor_values(floor) + '.') if floor else \
               "No seed repeats in this run (`make seeds` trains them): verdicts use the interval over faces only."
     figs = {}
     if 't6_row9' in per and len(per) > 1:   # every row, seed repeat and peer against the full model, on the same faces
@@ -300,8 +303,8 @@ def _long_stage2_claims(per, out, profile, metrics, make_figures, results) -> di
     note = (f"Profile `{profile}`; every row with {LONG_STAGE2:,} stage-2 steps over the shared stage 1 (where the full model's stage 2 "
             "refines beyond the noise floor); reference: row 9 with the same stage 2 "
             f"(`{ref}`); all test faces, mask families pooled; intervals: paired bootstrap over faces. "
-            + (f"Noise floor from the seed repeats at {LONG_STAGE2:,} steps ({', '.join(f'{x} x{n}' for x, n in spread.groupby('row').n_seeds.first().items())}; "
-               f"`stage2_long_seeds_{profile}.csv`): " + ', '.join(f'{m} {v:.4f}' for m, v in floor.items()) + '.' if floor else
+            + (f"Noise floor from the seed repeats at {LONG_STAGE2:,} steps ({_seed_runs(spread)}; "
+               f"`stage2_long_seeds_{profile}.csv`): " + _floor_values(floor) + '.' if floor else
                "No seed repeats at this length: intervals over faces only."))
     w['stage2_long_md'] = atomic_write(out / f'stage2_long_{profile}.md', lambda p: Path(p).write_text(claims_md(
         c, f"Table 6 rows 7 and 8 when stage 2 refines ({LONG_STAGE2:,} stage-2 steps)", note)))
@@ -322,8 +325,8 @@ def write_glasses_claim(results: pd.DataFrame, # long-format results of Table 6 
     metrics = ('psnr', 'ssim') + ((perceptual,) if perceptual else ())
     spread = seed_spread(results, metrics, subset='eyeglasses')   # the stage-2 seed repeats on these same holes
     floor = noise_floor(spread) or None
-    fl_note = (f" Noise floor from the stage-2 seed repeats on these holes ({', '.join(f'{r} x{n}' for r, n in spread.groupby('row').n_seeds.first().items())}): "
-               + ', '.join(f'{m} {v:.4f}' for m, v in floor.items()) + "; applied to the peers' differences too (conservative: "
+    fl_note = (f" Noise floor from the stage-2 seed repeats on these holes ({_seed_runs(spread)}): "
+               + _floor_values(floor) + "; applied to the peers' differences too (conservative: "
                "a peer has no training noise)." if floor else " No seed repeats on these holes (`make seeds`): intervals over faces only.")
     w['eyeframe_results'] = atomic_write(out / f'eyeframe_{profile}.csv', lambda p: results.to_csv(p, index=False))
     per = {n: pd.read_csv(p) for n, p in per_paths.items()}
