@@ -12,11 +12,12 @@ pytest.importorskip('onnx', reason='ONNX export tests need onnx: pip install "tw
 
 from twostage.export import export_onnx, load_onnx, parity, probe_pair, main, PARITY_TOL
 from twostage.models.twostage import build_model, LITE_CFG, TINY_CFG
+from twostage.experiments import RELEASE_CFG   # the shipped model's configuration (harmonic-fill input)
 
 torch.set_num_threads(1)
 FACE = Path(os.environ.get('TWOSTAGE_DATA') or Path(__file__).resolve().parents[1].parent / 'shared' / 'faces' / 'celeba') / 'img' / '202599.jpg'
-RELEASE_CFG = replace(LITE_CFG, coarse_norm='none', fine_residual=True)  # the shipped model's configuration
-PULLPUSH_CFG = replace(RELEASE_CFG, coarse_prefill='pullpush')          # the pull-push prefill option
+PULLPUSH_CFG = replace(RELEASE_CFG, coarse_prefill='pullpush')          # the pull-push prefill option (residual)
+HARMONIC_CFG = replace(RELEASE_CFG, coarse_prefill='harmonic')          # the harmonic prefill option (residual)
 
 
 def seeded_model(cfg, seed=0):
@@ -40,7 +41,7 @@ def face():
     return x, mask_batch('medium', 1, 128, rng=0)
 
 
-@pytest.mark.parametrize('name,cfg', [('release', RELEASE_CFG), ('pullpush', PULLPUSH_CFG), ('tiny', TINY_CFG)])
+@pytest.mark.parametrize('name,cfg', [('release', RELEASE_CFG), ('pullpush', PULLPUSH_CFG), ('harmonic', HARMONIC_CFG), ('tiny', TINY_CFG)])
 def test_export_parity_on_a_real_face(name, cfg, face, tmp_path):
     m = seeded_model(cfg)
     with torch.no_grad(): assert m.fine.head.weight.abs().sum() > 0
@@ -66,8 +67,9 @@ def test_dynamic_batch_and_wrong_size(tmp_path):
         inp(*probe_pair(64))
 
 
-def test_dynamic_size_pullpush(tmp_path):
-    m = seeded_model(replace(TINY_CFG, coarse_prefill='pullpush', coarse_norm='none', fine_residual=True))
+@pytest.mark.parametrize('prefill', ['pullpush', 'harmonic_input'])
+def test_dynamic_size_prefill(prefill, tmp_path):
+    m = seeded_model(replace(TINY_CFG, coarse_prefill=prefill, coarse_norm='none', fine_residual=True))
     inp = load_onnx(export_onnx(m, tmp_path / 'dyn.onnx', 32, dynamic_size=True), threads=1)
     for s in (16, 32, 64):
         assert parity(m, inp, *probe_pair(s, seed=s)) <= PARITY_TOL, s

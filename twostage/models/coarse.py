@@ -12,10 +12,10 @@ from ..attention import build_attention
 from ..layers import NORMS, build_norm, count_params, ConvBlock, ResBlock, UpBlock
 
 # %% auto #0
-__all__ = ['PREFILLS', 'ATTN_PLACES', 'pull_push_fill', 'CoarseGenerator']
+__all__ = ['PREFILLS', 'ATTN_PLACES', 'pull_push_fill', 'harmonic_fill', 'CoarseGenerator']
 
 # %% ../../nbs/04_models.coarse.ipynb #25fd6014
-PREFILLS = ('none', 'pullpush')
+PREFILLS = ('none', 'pullpush', 'harmonic', 'harmonic_input')
 
 def pull_push_fill(x: torch.Tensor,    # B x C x H x W, holes may hold anything
                    mask: torch.Tensor, # B x 1 x H x W, 1 = hole
@@ -28,6 +28,21 @@ def pull_push_fill(x: torch.Tensor,    # B x C x H x W, holes may hold anything
     coarse = pull_push_fill(coarse, (ws <= 1e-6).to(mask.dtype))      # recurse: fill what is still empty
     up = F.interpolate(coarse, size=x.shape[-2:], mode='bilinear', align_corners=False)
     return x * w + up * (1 - w)
+
+def harmonic_fill(x: torch.Tensor,    # B x C x H x W, holes may hold anything
+                  mask: torch.Tensor, # B x 1 x H x W, 1 = hole
+                  iters: int = 8,     # Jacobi sweeps per pyramid level
+                 ) -> torch.Tensor:   # B x C x H x W: known pixels kept, holes filled
+    "Multi-scale harmonic interpolation: the pull-push pyramid, with `iters` Jacobi sweeps of Laplace's equation in the holes at every level."
+    w = 1 - mask.float()
+    if x.shape[-1] <= 2 or x.shape[-2] <= 2: return pull_push_fill(x, mask)
+    xs = F.avg_pool2d(x * w, 2, ceil_mode=True); ws = F.avg_pool2d(w, 2, ceil_mode=True)
+    coarse = harmonic_fill(xs / ws.clamp(min=1e-6), (ws <= 1e-6).to(mask.dtype), iters)
+    y = x * w + F.interpolate(coarse, size=x.shape[-2:], mode='bilinear', align_corners=False) * (1 - w)
+    for _ in range(iters):   # each hole pixel becomes the mean of its four neighbours; known pixels stay
+        p = F.pad(y, (1, 1, 1, 1), mode='replicate')
+        y = x * w + (p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]) * (0.25 * (1 - w))
+    return y
 
 # %% ../../nbs/04_models.coarse.ipynb #bdc18f57
 ATTN_PLACES = ('bottleneck', 'decoder')
@@ -49,7 +64,7 @@ class CoarseGenerator(nn.Module):
                  n_res: int = 2, # residual blocks at the bottleneck
                  max_mult: int = 8, # widths are capped at base * max_mult
                  in_ch: int = 4, # masked RGB + mask
-                 prefill: str = 'none', # 'none' (the paper) | 'pullpush': start the holes from `pull_push_fill`, predict a residual over it
+                 prefill: str = 'none', # 'none' (the paper) | 'pullpush' / 'harmonic': start the holes from that fill, predict a residual over it | 'harmonic_input': the fill as input only
                 ):
         super().__init__()
         at, chs = _places(attn_at), [min(base * 2 ** i, base * max_mult) for i in range(depth + 1)]
@@ -64,17 +79,18 @@ class CoarseGenerator(nn.Module):
         self.head = nn.Conv2d(chs[0], 3, 3, padding=1)
         if prefill not in PREFILLS: raise ValueError(f"unknown prefill {prefill!r}; valid: {PREFILLS}")
         self.prefill = prefill
-        if prefill != 'none': nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)  # starts as the smooth fill
+        if prefill in ('pullpush', 'harmonic'): nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)  # starts as the smooth fill
 
     def forward(self, masked, # B x 3 x H x W, holes set to 0
                 mask, # B x 1 x H x W, 1 = hole
                ): # -> B x 3 x H x W in [-1, 1]
         check_batch(masked, mask, self.multiple)
         if self.prefill != 'none':
-            with torch.no_grad(): masked = masked + mask * pull_push_fill(masked, mask)
+            fill = pull_push_fill if self.prefill == 'pullpush' else harmonic_fill
+            with torch.no_grad(): masked = masked + mask * fill(masked, mask)
         feats = [self.stem(torch.cat([masked, mask], 1))]
         for down in self.downs: feats.append(down(feats[-1]))
         x = self.mid_attn(self.mid(feats.pop()))
         for up in self.ups: x = up(x, feats.pop())
-        if self.prefill != 'none': return (masked + self.head(x)).clamp(-1, 1)
+        if self.prefill in ('pullpush', 'harmonic'): return (masked + self.head(x)).clamp(-1, 1)
         return torch.tanh(self.head(x))
