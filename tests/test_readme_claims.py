@@ -35,3 +35,21 @@ def test_the_pattern_reads_a_claims_table():
                       {'name': 'a', 'row': '1: x', 'metric': 'stlpips_alex', 'ours': .05, 'diff': .001, 'diff_lo': -.01,
                        'diff_hi': .01, 'noise_floor': float('nan'), 'paper_diff': .01, 'verdict': 'not resolved at this scale'}])
     assert VERDICT_ROW.findall(claims_md(c, 't')) == [('1: x', 'psnr', 'supported'), ('1: x', 'stlpips_alex', 'not resolved at this scale')]
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(heading)
+    nxt = text.find('\n## ', start + len(heading))
+    return text[start: nxt if nxt >= 0 else len(text)]
+
+
+def test_readme_release_tables_are_the_committed_ones():
+    "The shipped model's tables in the README are rows of figures/release/peers_by_family.md, written from its results."
+    p = ROOT / 'figures' / 'release' / 'peers_by_family.md'
+    if not p.exists(): pytest.skip('no release results yet (make release writes figures/release/)')
+    want = set(p.read_text().splitlines())
+    rows = [l for l in _section((ROOT / 'README.md').read_text(), '## The shipped model').splitlines()
+            if l.startswith(('| twostage (release) |', '| biharmonic |', '| Navier-Stokes |', '| Telea |', '| mean fill |'))]
+    assert len(rows) >= 10, 'the README shows no release table (all faces and eyeglasses, five methods each)'
+    wrong = [l for l in rows if l not in want]
+    assert not wrong, f'README release rows that are not in {p.name}: {wrong}'

@@ -194,7 +194,7 @@ PROFILES = {
     'gpu': Profile('gpu', PAPER_CFG, TrainCfg(size=256, batch_size=8, steps_coarse=100_000, steps_fine=100_000,
                    precision='auto', channels_last=True, num_workers=8, sample_every=2000, ckpt_every=2000,
                    val_every=2000, log_every=50), n_test=2000, n_glasses=500, eval_batch=32, follow_partition=True),
-    'release': Profile('release', RELEASE_CFG, TrainCfg(size=128, batch_size=8, steps_coarse=3000, steps_fine=3000, lr_g=1e-3,
+    'release': Profile('release', RELEASE_CFG, TrainCfg(size=128, batch_size=8, steps_coarse=3000, steps_fine=2000, lr_g=1e-3,
                        lr_schedule='cosine', precision='auto', channels_last=True, sample_every=500, ckpt_every=250,
                        val_every=250, log_every=10, adv_warmup=500), n_test=100, n_glasses=40,
                        vgg_layers=('pool1',), recipe_fields=('coarse_norm', 'fine_residual', 'coarse_prefill'), min_side=128),

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from .core import runs_dir, figures_dir, stable_hash, atomic_write, code_version, get_device, seed_everything
-from .experiments import (TABLE6, TABLE6_ROWS, STAGE1, SEEDS, STAGE2_STUDY, LONG_STAGE2, Experiment, Profile, get_profile, train_experiment, stage_keys,
+from .experiments import (TABLE6, TABLE6_ROWS, STAGE1, SEEDS, STAGE2_STUDY, LONG_STAGE2, PROFILES, Experiment, Profile, get_profile, train_experiment, stage_keys,
                                   data_id, plan_experiment)
 from .masks import load_eval_masks
 from .runtime import EtaMeter, cpu_capability, choose_precision
@@ -395,7 +395,7 @@ def main(argv=None):
     "Console entry point: `twostage-reproduce`."
     import argparse
     p = argparse.ArgumentParser(prog='twostage-reproduce', description='Train, evaluate and rebuild every table and figure.')
-    p.add_argument('--profile', default='cpu', help='smoke | cpu | gpu')
+    p.add_argument('--profile', default='cpu', help=' | '.join(PROFILES) + " (release: the shipped model, written into the package's assets)")
     p.add_argument('--data'); p.add_argument('--runs'); p.add_argument('--figures'); p.add_argument('--device')
     p.add_argument('--experiments', help='comma-separated experiment names (default: all)')
     p.add_argument('--no-peers', action='store_true'); p.add_argument('--no-figures', action='store_true')

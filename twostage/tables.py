@@ -11,9 +11,9 @@ import pandas as pd
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['PAPER_TABLE6', 'METRICS', 'perceptual_name', 'wide', 'table6', 'stage1_table', 'peers_table', 'peer_verdicts',
-           'verdict_summary', 'write_tables', 'paired_bootstrap', 'seed_spread', 'noise_floor', 'claims',
-           'table6_claim_rows', 'claims_md']
+__all__ = ['PAPER_TABLE6', 'METRICS', 'FAMILY_LABELS', 'PEER_LABELS', 'perceptual_name', 'wide', 'table6', 'stage1_table',
+           'peers_table', 'peer_verdicts', 'verdict_summary', 'family_grid_md', 'write_tables', 'paired_bootstrap',
+           'seed_spread', 'noise_floor', 'claims', 'table6_claim_rows', 'claims_md']
 
 # %% ../nbs/18_tables.ipynb #41e0b594
 PAPER_TABLE6 = pd.DataFrame({   # the paper's Table 6, as printed (row 9 = full model)
@@ -99,6 +99,36 @@ def verdict_summary(v: pd.DataFrame) -> str:
                    + (f" ({', '.join(won)})" if won else '') + ('; behind on ' + '; '.join(lost) if lost else '') + '.')
     return ' '.join(out)
 
+FAMILY_LABELS = {'center': 'centre box', 'eyeband': 'eye band', 'thick': 'thick strokes', 'medium': 'medium strokes',
+                 'freeform': 'free-form', 'thin': 'thin strokes', 'eyeframe': 'eye frames'}
+PEER_LABELS = {'biharmonic': 'biharmonic', 'navier_stokes': 'Navier-Stokes', 'telea': 'Telea', 'mean_fill': 'mean fill'}
+
+def family_grid_md(results: pd.DataFrame, subset: str = 'all', full: str = 't6_row9',
+                   label: str = 'twostage (full)', # the model's row label
+                   families=('center', 'eyeband', 'thick', 'medium', 'freeform', 'thin')) -> str:
+    "The model and the peers, one row each, one column per mask family and pooled: 'PSNR / SSIM / perceptual', the best of each in bold."
+    p = perceptual_name(results)
+    metrics = ['psnr', 'ssim'] + ([p] if p else [])
+    r = results[(results.bucket == 'all') & (results.subset == subset) & results.metric.isin(metrics)
+                & ((results.table == 'peers') | (results.experiment == full))]
+    m = r.groupby(['experiment', 'family', 'metric'])['value'].mean().unstack('metric')
+    fams = [f for f in families if f in set(r.family)]
+    names = [full] + [f'peer_{q}' for q in PEER_LABELS if f'peer_{q}' in set(r.experiment)]
+    cols = {f: m.xs(f, level='family') for f in fams}
+    cols['pooled'] = m.loc[(slice(None), fams), :].groupby(level='experiment').mean()
+    fmt = {'psnr': '{:.2f}', 'ssim': '{:.3f}'}
+    def cell(col, name):
+        out = []
+        for k in metrics:
+            v = col.loc[name, k]; best = col[k].min() if 'lpips' in k else col[k].max()
+            s = fmt.get(k, '{:.3f}').format(v)
+            out.append(f'**{s}**' if fmt.get(k, '{:.3f}').format(best) == s else s)
+        return ' / '.join(out)
+    head = ['method'] + [FAMILY_LABELS.get(f, f) for f in fams] + ['pooled']
+    rows = [[label if n == full else PEER_LABELS[n[5:]]] + [cell(cols[f].loc[names], n) for f in fams + ['pooled']] for n in names]
+    return ('| ' + ' | '.join(head) + ' |\n|' + '---|' * len(head) + '\n'
+            + ''.join('| ' + ' | '.join(x) + ' |\n' for x in rows))
+
 # %% ../nbs/18_tables.ipynb #5015d2aa
 def _md(df, floatfmt=4):
     d = df.copy()
@@ -161,6 +191,11 @@ def write_tables(results: pd.DataFrame, out_dir, profile: str = '',
         md = ('# The full model against the best classical peer, per mask family\n\n' + note + ' Margins: positive = the model '
               'is better (for the perceptual distance, lower is better).\n\n' + verdict_summary(v) + '\n\n' + _md(v[cols]))
         written['verdicts_md'] = atomic_write(out / 'verdicts.md', lambda f: Path(f).write_text(md))
+        label = 'twostage (release)' if profile == 'release' else 'twostage (full)'
+        grid = ''.join(f"\n## {subset} test faces\n\n" + family_grid_md(results, subset, label=label) for subset in sorted(v.subset.unique()))
+        grid = (f"# PSNR / SSIM / {perceptual_name(results)} per mask family, the model beside the classical peers\n\n{note} "
+                "The best of each cell in bold (higher PSNR and SSIM, lower perceptual distance).\n" + grid)
+        written['peers_grid_md'] = atomic_write(out / 'peers_by_family.md', lambda f: Path(f).write_text(grid))
     return written
 
 # %% ../nbs/18_tables.ipynb #377080fc
