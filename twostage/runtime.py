@@ -145,7 +145,7 @@ def choose_precision(model_cfg=None,      # a ModelCfg whose coarse generator is
         else:
             v = best32
             reason = (f"{cap}, no native bf16 (bf16 would be emulated, ~10x slower)" if native is False
-                      else f"{cap}: bf16 not 10% faster ({t[best16]:.3f} s vs {t[best32]:.3f} s)")
+                      else f"{cap}: bf16 not 10% faster ({t[best16]:.3f} s vs {t[best32]:.3f} s, {t[best16] / t[best32]:.1f}x the fp32 time)")
             reason += f"; channels_last {'faster' if v.endswith('last') else 'not faster'} ({t['fp32+channels_last']:.3f} vs {t['fp32']:.3f} s)"
         ch = PrecisionChoice(v.split('+')[0], v.endswith('channels_last'), reason, str(dev) if dev.type == 'cuda' else 'cpu', cap,
                              {k: round(s, 4) for k, s in t.items()})
