@@ -12,10 +12,10 @@ from ..attention import build_attention
 from ..layers import NORMS, build_norm, count_params, ConvBlock, ResBlock, UpBlock
 
 # %% auto #0
-__all__ = ['PREFILLS', 'ATTN_PLACES', 'pull_push_fill', 'harmonic_fill', 'CoarseGenerator']
+__all__ = ['PREFILLS', 'ATTN_PLACES', 'pull_push_fill', 'harmonic_fill', 'biharmonic_fill', 'CoarseGenerator']
 
 # %% ../../nbs/04_models.coarse.ipynb #25fd6014
-PREFILLS = ('none', 'pullpush', 'harmonic', 'harmonic_input')
+PREFILLS = ('none', 'pullpush', 'harmonic', 'harmonic_input', 'biharmonic_input')
 
 def pull_push_fill(x: torch.Tensor,    # B x C x H x W, holes may hold anything
                    mask: torch.Tensor, # B x 1 x H x W, 1 = hole
@@ -38,10 +38,33 @@ def harmonic_fill(x: torch.Tensor,    # B x C x H x W, holes may hold anything
     if x.shape[-1] <= 2 or x.shape[-2] <= 2: return pull_push_fill(x, mask)
     xs = F.avg_pool2d(x * w, 2, ceil_mode=True); ws = F.avg_pool2d(w, 2, ceil_mode=True)
     coarse = harmonic_fill(xs / ws.clamp(min=1e-6), (ws <= 1e-6).to(mask.dtype), iters)
-    y = x * w + F.interpolate(coarse, size=x.shape[-2:], mode='bilinear', align_corners=False) * (1 - w)
-    for _ in range(iters):   # each hole pixel becomes the mean of its four neighbours; known pixels stay
+    return _laplace_sweeps(x * w + F.interpolate(coarse, size=x.shape[-2:], mode='bilinear', align_corners=False) * (1 - w), x, w, iters)
+
+def _laplace_sweeps(y, x, w, n):
+    "`n` Jacobi sweeps of Laplace's equation: each hole pixel (w = 0) becomes the mean of its four neighbours; known pixels stay `x`."
+    for _ in range(n):
         p = F.pad(y, (1, 1, 1, 1), mode='replicate')
         y = x * w + (p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]) * (0.25 * (1 - w))
+    return y
+
+def biharmonic_fill(x: torch.Tensor,    # B x C x H x W, holes may hold anything
+                    mask: torch.Tensor, # B x 1 x H x W, 1 = hole
+                    iters: int = 60,    # damped Jacobi sweeps of the biharmonic equation per pyramid level
+                    omega: float = 0.5, # damping (plain Jacobi diverges on the biharmonic stencil; below 0.625 it converges)
+                   ) -> torch.Tensor:   # B x C x H x W: known pixels kept, holes filled
+    "Multi-scale biharmonic interpolation: at every pyramid level, start from the coarser level's fill and relax the 13-point biharmonic stencil in the holes."
+    w = 1 - mask.float()
+    if x.shape[-1] <= 4 or x.shape[-2] <= 4: return harmonic_fill(x, mask)
+    xs = F.avg_pool2d(x * w, 2, ceil_mode=True); ws = F.avg_pool2d(w, 2, ceil_mode=True)
+    coarse = biharmonic_fill(xs / ws.clamp(min=1e-6), (ws <= 1e-6).to(mask.dtype), iters, omega)
+    y = _laplace_sweeps(x * w + F.interpolate(coarse, size=x.shape[-2:], mode='bilinear', align_corners=False) * (1 - w), x, w, 4)
+    H, W = y.shape[-2:]
+    for _ in range(iters):   # u = (8 * edge neighbours - 2 * diagonal ones - the four at distance 2) / 20, damped
+        p = F.pad(y, (2, 2, 2, 2), mode='replicate')
+        s = lambda dy, dx: p[..., 2 + dy: 2 + dy + H, 2 + dx: 2 + dx + W]
+        u = (8 * (s(-1, 0) + s(1, 0) + s(0, -1) + s(0, 1)) - 2 * (s(-1, -1) + s(-1, 1) + s(1, -1) + s(1, 1))
+             - (s(-2, 0) + s(2, 0) + s(0, -2) + s(0, 2))) / 20
+        y = x * w + (y + omega * (u - y)) * (1 - w)
     return y
 
 # %% ../../nbs/04_models.coarse.ipynb #bdc18f57
@@ -64,7 +87,7 @@ class CoarseGenerator(nn.Module):
                  n_res: int = 2, # residual blocks at the bottleneck
                  max_mult: int = 8, # widths are capped at base * max_mult
                  in_ch: int = 4, # masked RGB + mask
-                 prefill: str = 'none', # 'none' (the paper) | 'pullpush' / 'harmonic': start the holes from that fill, predict a residual over it | 'harmonic_input': the fill as input only
+                 prefill: str = 'none', # 'none' (the paper) | 'pullpush' / 'harmonic': start the holes from that fill, predict a residual over it | 'harmonic_input' / 'biharmonic_input': that fill as input only
                 ):
         super().__init__()
         at, chs = _places(attn_at), [min(base * 2 ** i, base * max_mult) for i in range(depth + 1)]
@@ -86,7 +109,7 @@ class CoarseGenerator(nn.Module):
                ): # -> B x 3 x H x W in [-1, 1]
         check_batch(masked, mask, self.multiple)
         if self.prefill != 'none':
-            fill = pull_push_fill if self.prefill == 'pullpush' else harmonic_fill
+            fill = {'pullpush': pull_push_fill, 'biharmonic_input': biharmonic_fill}.get(self.prefill, harmonic_fill)
             with torch.no_grad(): masked = masked + mask * fill(masked, mask)
         feats = [self.stem(torch.cat([masked, mask], 1))]
         for down in self.downs: feats.append(down(feats[-1]))
