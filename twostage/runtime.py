@@ -12,8 +12,8 @@ from .core import get_device, UserError
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'WIDTH_FIELDS', 'cpu_capability', 'native_bf16', 'PrecisionChoice', 'probe_step_time',
-           'precision_memo_path', 'machine_key', 'choose_precision', 'EtaMeter', 'RunLocked', 'run_lock',
-           'data_fingerprint']
+           'precision_memo_path', 'machine_key', 'choose_precision', 'tune_allocator', 'EtaMeter', 'RunLocked',
+           'run_lock', 'data_fingerprint']
 
 # %% ../nbs/21_runtime.ipynb #77705de2
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
@@ -153,6 +153,24 @@ def choose_precision(model_cfg=None,      # a ModelCfg whose coarse generator is
     _remember(mkey, ch)
     if log: log(f"[precision] auto -> {ch.describe()}")
     return ch
+
+# %% ../nbs/21_runtime.ipynb #fa635042
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3   # glibc's mallopt parameters (malloc.h)
+_ALLOCATOR = {}
+
+def tune_allocator() -> bool:
+    "Keep freed memory in the process (glibc: no mmap per large block, no trimming); once per process. True if applied."
+    if 'applied' in _ALLOCATOR: return _ALLOCATOR['applied']
+    ok = False
+    if os.environ.get('TWOSTAGE_MALLOC_TUNING', '1') != '0' and sys.platform.startswith('linux'):
+        import ctypes
+        try: libc = ctypes.CDLL('libc.so.6')
+        except OSError: libc = None
+        if libc is not None and hasattr(libc, 'mallopt') and hasattr(libc, 'gnu_get_libc_version'):
+            ok = all(libc.mallopt(opt, ctypes.c_int(v)) == 1
+                     for opt, v in ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 2 ** 31 - 1), (_M_TOP_PAD, 256 << 20)))
+    _ALLOCATOR['applied'] = ok
+    return ok
 
 # %% ../nbs/21_runtime.ipynb #98d0d5ab
 class EtaMeter:

@@ -19,7 +19,7 @@ from .core import (UserError, patch_to, composite, masked_input, seed_everything
                            atomic_write, code_version, to_01, panel_columns)
 from .masks import mask_batch
 from .models.twostage import ModelCfg, build_model, build_discriminators
-from .runtime import choose_precision, run_lock, PrecisionChoice
+from .runtime import choose_precision, run_lock, PrecisionChoice, tune_allocator
 from .models.twostage import STAGE2_FIELDS, TRAINING_STAGES
 from .runs import read_checkpoint, check_compatible, load_model   # checkpoints are read in one place
 from .losses import (LossCfg, reconstruction_loss, adversarial_g_loss, adversarial_d_loss,
@@ -196,6 +196,7 @@ class Trainer:
         if stage not in STAGES: raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self.S = S = TRAINING_STAGES[stage]   # what this stage trains, against what, from what
         self.device = get_device(device)
+        if self.device.type == 'cpu': tune_allocator()   # freed tensors stay in the process: about a third off a 128 px CPU step
         if precision_choice is not None: self.precision_choice = precision_choice
         else: train_cfg, self.precision_choice = resolve_precision(train_cfg, model_cfg, self.device,
                                                                    log=lambda m: tqdm.write(m) if progress else None)
