@@ -11,7 +11,7 @@ pytest.importorskip('onnxruntime', reason='ONNX export tests need onnxruntime: p
 pytest.importorskip('onnx', reason='ONNX export tests need onnx: pip install "twostage[onnx]"')
 
 from twostage.export import export_onnx, load_onnx, parity, probe_pair, main, PARITY_TOL
-from twostage.models.twostage import build_model, LITE_CFG, TINY_CFG
+from twostage.models.twostage import build_model, TINY_CFG
 from twostage.experiments import RELEASE_CFG   # the shipped model's configuration (harmonic-fill input)
 
 torch.set_num_threads(1)

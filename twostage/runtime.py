@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_runtime.ipynb #d453f38e
 from __future__ import annotations
-import os, sys, json, time, socket, hashlib, statistics, contextlib
+import os, sys, json, time, socket, hashlib, statistics, contextlib, functools
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 import torch
@@ -156,21 +156,17 @@ def choose_precision(model_cfg=None,      # a ModelCfg whose coarse generator is
 
 # %% ../nbs/21_runtime.ipynb #fa635042
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3   # glibc's mallopt parameters (malloc.h)
-_ALLOCATOR = {}
 
+@functools.cache
 def tune_allocator() -> bool:
     "Keep freed memory in the process (glibc: no mmap per large block, no trimming); once per process. True if applied."
-    if 'applied' in _ALLOCATOR: return _ALLOCATOR['applied']
-    ok = False
-    if os.environ.get('TWOSTAGE_MALLOC_TUNING', '1') != '0' and sys.platform.startswith('linux'):
-        import ctypes
-        try: libc = ctypes.CDLL('libc.so.6')
-        except OSError: libc = None
-        if libc is not None and hasattr(libc, 'mallopt') and hasattr(libc, 'gnu_get_libc_version'):
-            ok = all(libc.mallopt(opt, ctypes.c_int(v)) == 1
-                     for opt, v in ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 2 ** 31 - 1), (_M_TOP_PAD, 256 << 20)))
-    _ALLOCATOR['applied'] = ok
-    return ok
+    if os.environ.get('TWOSTAGE_MALLOC_TUNING', '1') == '0' or not sys.platform.startswith('linux'): return False
+    import ctypes
+    try: libc = ctypes.CDLL('libc.so.6')
+    except OSError: return False
+    if not (hasattr(libc, 'mallopt') and hasattr(libc, 'gnu_get_libc_version')): return False
+    return all(libc.mallopt(opt, ctypes.c_int(v)) == 1
+               for opt, v in ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 2 ** 31 - 1), (_M_TOP_PAD, 256 << 20)))
 
 # %% ../nbs/21_runtime.ipynb #98d0d5ab
 class EtaMeter:

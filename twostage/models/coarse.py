@@ -21,24 +21,24 @@ def pull_push_fill(x: torch.Tensor,    # B x C x H x W, holes may hold anything
                    mask: torch.Tensor, # B x 1 x H x W, 1 = hole
                   ) -> torch.Tensor:   # B x C x H x W: known pixels kept, holes filled smoothly
     "Push-pull interpolation: fill the holes of `x` from a pyramid of mask-weighted means of its known pixels."
+    if x.shape[-1] <= 1 or x.shape[-2] <= 1: return x * (1 - mask.float())   # the top of the pyramid (no data-dependent branch: exportable)
+    return _from_coarser(x, mask, pull_push_fill)[0]
+
+def _from_coarser(x, mask, fill, *args):
+    "(Known pixels of `x` with the holes taken from `fill` one level up the pyramid, upsampled bilinearly; the known-pixel weights.)"
     w = 1 - mask.float()
-    if x.shape[-1] <= 1 or x.shape[-2] <= 1: return x * w   # the top of the pyramid (no data-dependent branch: exportable)
     xs = F.avg_pool2d(x * w, 2, ceil_mode=True); ws = F.avg_pool2d(w, 2, ceil_mode=True)
-    coarse = xs / ws.clamp(min=1e-6)                                  # mean of the known pixels below
-    coarse = pull_push_fill(coarse, (ws <= 1e-6).to(mask.dtype))      # recurse: fill what is still empty
-    up = F.interpolate(coarse, size=x.shape[-2:], mode='bilinear', align_corners=False)
-    return x * w + up * (1 - w)
+    coarse = fill(xs / ws.clamp(min=1e-6), (ws <= 1e-6).to(mask.dtype), *args)   # mean of the known pixels below; recurse on what is still empty
+    return x * w + F.interpolate(coarse, size=x.shape[-2:], mode='bilinear', align_corners=False) * (1 - w), w
 
 def harmonic_fill(x: torch.Tensor,    # B x C x H x W, holes may hold anything
                   mask: torch.Tensor, # B x 1 x H x W, 1 = hole
                   iters: int = 8,     # Jacobi sweeps per pyramid level
                  ) -> torch.Tensor:   # B x C x H x W: known pixels kept, holes filled
     "Multi-scale harmonic interpolation: the pull-push pyramid, with `iters` Jacobi sweeps of Laplace's equation in the holes at every level."
-    w = 1 - mask.float()
     if x.shape[-1] <= 2 or x.shape[-2] <= 2: return pull_push_fill(x, mask)
-    xs = F.avg_pool2d(x * w, 2, ceil_mode=True); ws = F.avg_pool2d(w, 2, ceil_mode=True)
-    coarse = harmonic_fill(xs / ws.clamp(min=1e-6), (ws <= 1e-6).to(mask.dtype), iters)
-    return _laplace_sweeps(x * w + F.interpolate(coarse, size=x.shape[-2:], mode='bilinear', align_corners=False) * (1 - w), x, w, iters)
+    y, w = _from_coarser(x, mask, harmonic_fill, iters)
+    return _laplace_sweeps(y, x, w, iters)
 
 def _laplace_sweeps(y, x, w, n):
     "`n` Jacobi sweeps of Laplace's equation: each hole pixel (w = 0) becomes the mean of its four neighbours; known pixels stay `x`."
@@ -53,11 +53,9 @@ def biharmonic_fill(x: torch.Tensor,    # B x C x H x W, holes may hold anything
                     omega: float = 0.5, # damping (plain Jacobi diverges on the biharmonic stencil; below 0.625 it converges)
                    ) -> torch.Tensor:   # B x C x H x W: known pixels kept, holes filled
     "Multi-scale biharmonic interpolation: at every pyramid level, start from the coarser level's fill and relax the 13-point biharmonic stencil in the holes."
-    w = 1 - mask.float()
     if x.shape[-1] <= 4 or x.shape[-2] <= 4: return harmonic_fill(x, mask)
-    xs = F.avg_pool2d(x * w, 2, ceil_mode=True); ws = F.avg_pool2d(w, 2, ceil_mode=True)
-    coarse = biharmonic_fill(xs / ws.clamp(min=1e-6), (ws <= 1e-6).to(mask.dtype), iters, omega)
-    y = _laplace_sweeps(x * w + F.interpolate(coarse, size=x.shape[-2:], mode='bilinear', align_corners=False) * (1 - w), x, w, 4)
+    y, w = _from_coarser(x, mask, biharmonic_fill, iters, omega)
+    y = _laplace_sweeps(y, x, w, 4)
     H, W = y.shape[-2:]
     for _ in range(iters):   # u = (8 * edge neighbours - 2 * diagonal ones - the four at distance 2) / 20, damped
         p = F.pad(y, (2, 2, 2, 2), mode='replicate')
