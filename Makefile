@@ -4,6 +4,8 @@
 #   make seeds       after make reproduce: stage 2 of rows 9, 7 and 8 with two more seeds each (Table 6's training-noise floor)
 #   make stage2      after make reproduce: the stage-2 study (does stage 2 refine its stage 1, and what does it take?)
 #   make release     retrain the shipped 128 px model from scratch (release profile), evaluate it, rewrite twostage/assets/
+#   make release-gpu-pack   write runs/gpu_pack/ (faces, a small VGG trunk, stlpips_pytorch) for a GPU machine without them
+#   make release-gpu the same on one GPU (release_gpu profile), run there from the repository's root with the pack beside it
 #   make demo        serve the demo notebook as a web page (Voilà) on 127.0.0.1:$(PORT) and print the address to open
 SHELL := /bin/bash
 VENV ?= .venv
@@ -19,7 +21,7 @@ PRECISION ?= auto
 PORT ?= 8866
 STAMP := $(VENV)/.installed
 
-.PHONY: install reproduce seeds stage2 release test check readme export clean-nbs smoke
+.PHONY: install reproduce seeds stage2 release release-gpu-pack release-gpu test check readme export clean-nbs smoke
 install: $(STAMP)
 
 $(STAMP): settings.ini setup.py
@@ -45,6 +47,16 @@ stage2: install
 
 release: install
 	$(BIN)/twostage-reproduce --profile release --precision $(PRECISION)
+
+# The GPU path of the release (nbs/17_reproduce.ipynb): pack here, send the repository with runs/gpu_pack, run there.
+# release-gpu installs nothing: it needs python3 with torch (and numpy, pandas, pillow, scikit-image, opencv, matplotlib,
+# tqdm, safetensors), as on the GPU machines our builds borrow.
+GPU_PACK ?= runs/gpu_pack
+release-gpu-pack: install
+	$(PY) -c "from twostage.reproduce import pack_for_gpu; r = pack_for_gpu('$(GPU_PACK)'); print(r['faces']['faces'], r['mib'], 'MiB'); print(r['command'])"
+
+release-gpu:
+	PYTHONPATH=.:$(GPU_PACK)/site TWOSTAGE_WEIGHTS=$(GPU_PACK)/weights python3 -c "from twostage.reproduce import main; main()" --profile release_gpu --data $(GPU_PACK)/faces --device cuda
 
 smoke: install
 	$(BIN)/twostage-reproduce --profile smoke

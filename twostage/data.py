@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageOps
-from .core import data_dir, to_m11, pil_to_tensor
+from .core import data_dir, to_m11, pil_to_tensor, UserError
 
 # %% auto #0
 __all__ = ['IMG_EXTS', 'SPLITS', 'UnreadableImage', 'to_rgb', 'load_image', 'square_resize', 'read_attrs', 'read_partition',
            'index_faces', 'split_faces', 'glasses', 'FaceDataset', 'FaceData', 'load_faces', 'keep_min_side',
-           'fig_faces']
+           'pack_faces', 'fig_faces']
 
 # %% ../nbs/01_data.ipynb #11b3a6ef
 IMG_EXTS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -309,6 +309,41 @@ def keep_min_side(faces, min_side: int):
     f = lambda df: df[df['id'].isin(keep)].reset_index(drop=True)
     df = f(faces.df); df.attrs.update(faces.df.attrs, min_side=min_side)
     return replace(faces, df=df, train=f(faces.train), val=f(faces.val), test=f(faces.test), glasses_test=f(faces.glasses_test))
+
+# %% ../nbs/01_data.ipynb #90708eb8
+def pack_faces(faces: FaceData,     # from `load_faces` (and `keep_min_side`)
+               out,                 # folder to write (must be empty or absent)
+               max_mb: float = 40., # size limit of the copied images
+               seed: int = 0,       # the order in which training faces are taken
+              ) -> dict:
+    "Copy every test and validation face and as many training faces as fit in `max_mb` into a CelebA-layout folder."
+    import json, shutil
+    out = Path(out)
+    if out.exists() and any(out.iterdir()): raise UserError(f"{out} is not empty; pack into a new folder")
+    held = pd.concat([faces.test, faces.val])
+    size = lambda df: np.array([os.path.getsize(p) for p in df['path']], dtype=np.int64)
+    limit, need = int(max_mb * 2**20), int(size(held).sum())
+    if need > limit: raise UserError(f"the {len(held)} test and validation faces alone take {need / 2**20:.1f} MiB, more than max_mb={max_mb}")
+    train = faces.train.iloc[np.argsort(_unit_hash(faces.train['id'], seed + 1000), kind='stable')]
+    n_train = int(np.searchsorted(np.cumsum(size(train)), limit - need, side='right'))
+    rows = pd.concat([held, train.iloc[:n_train]])
+    img = out / 'img'; img.mkdir(parents=True)
+    names = []
+    for i, p in zip(rows['id'], rows['path']):
+        name = f'{i}{Path(p).suffix.lower()}'
+        if '/' in str(i) or name in names: raise UserError(f"cannot pack image id {i!r} into one flat folder")
+        shutil.copyfile(p, img / name); names.append(name)
+    eg = rows['eyeglasses'].astype(bool).to_numpy()
+    (out / 'list_attr_celeba.txt').write_text(f"{len(rows)}\nEyeglasses\n" + ''.join(f"{n} {1 if g else -1}\n" for n, g in zip(names, eg)))
+    part = rows['partition'].to_numpy() if 'partition' in rows else np.full(len(rows), -1)
+    (out / 'list_eval_partition.txt').write_text(''.join(f"{n} {int(k)}\n" for n, k in zip(names, part) if k in (0, 1, 2)))
+    rec = {'source': str(faces.root), 'split_seed': faces.seed, 'order_seed': seed, 'max_mb': max_mb,
+           'mib': round(sum(os.path.getsize(img / n) for n in names) / 2**20, 2),
+           'faces': {'train': n_train, 'val': len(faces.val), 'test': len(faces.test)},
+           'train_of': len(faces.train), 'eyeglasses_test': int(faces.test['eyeglasses'].astype(bool).sum()),
+           'note': 'copies of the source images: keep out of version control, under the dataset terms'}
+    (out / 'PACK.json').write_text(json.dumps(rec, indent=1) + '\n')
+    return rec
 
 # %% ../nbs/01_data.ipynb #50db1cac
 def fig_faces(data,          # a `FaceData` (faces from its test split) or a DataFrame from `index_faces`

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from .core import runs_dir, figures_dir, stable_hash, atomic_write, code_version, get_device, seed_everything
-from .experiments import (TABLE6, TABLE6_ROWS, STAGE1, SEEDS, STAGE2_STUDY, LONG_STAGE2, PROFILES, Experiment, Profile, get_profile, train_experiment, stage_keys,
+from .experiments import (TABLE6, TABLE6_ROWS, STAGE1, SEEDS, STAGE2_STUDY, LONG_STAGE2, PROFILES, RELEASE_PROFILES, Experiment, Profile, get_profile, train_experiment, stage_keys,
                                   data_id, plan_experiment)
 from .masks import load_eval_masks
 from .runtime import EtaMeter, cpu_capability, choose_precision
@@ -26,8 +26,8 @@ from .experiments import EXPERIMENTS
 T6_LABELS = {i: m for i, (m, _) in TABLE6_ROWS.items()}   # Table 6 row -> its module set, for tables and figures
 
 # %% auto #0
-__all__ = ['T6_LABELS', 'GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM_PEERS', 'reproduce', 'write_uncertainty', 'write_stage2_study',
-           'write_glasses_claim', 'release_card', 'main']
+__all__ = ['T6_LABELS', 'GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM_PEERS', 'GPU_COMMAND', 'reproduce', 'write_uncertainty',
+           'write_stage2_study', 'write_glasses_claim', 'release_card', 'main', 'pack_for_gpu']
 
 # %% ../nbs/17_reproduce.ipynb #2eecbc20
 def _protocol(profile: Profile, size: int) -> dict:
@@ -369,7 +369,7 @@ def _run_record(ckpt_path) -> dict:
 
 def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, machine: dict, full: str = 't6_row9') -> dict:
     "The model card of a release run: data, steps, time, machine, recipe, and scores beside the peers (from the results)."
-    tc = profile.train
+    tc = profile.train_cfg(EXPERIMENTS[full])   # with the profile's step cap, if any
     secs = {st: round(_train_seconds(Path(p).parent / 'losses.csv'), 1) for st, p in ckpt.items()}
     perc = [m for m in results.metric.unique() if 'lpips' in m]
     r = results[(results.bucket == 'all') & (results.metric.isin(['psnr', 'ssim'] + perc))]
@@ -378,6 +378,7 @@ def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, mac
     for (subset, fam, exp, metric), v in r.groupby(['subset', 'family', 'experiment', 'metric'])['value'].mean().items():
         scores.setdefault(subset, {}).setdefault(fam, {}).setdefault('twostage' if exp == full else exp.replace('peer_', ''), {})[metric] = round(float(v), 4)
     return {
+        'profile': profile.name,
         'data': {'root': str(faces.root), 'train_faces': len(faces.train), 'val_faces': len(faces.val), 'test_faces': len(faces.test),
                  'min_side': profile.min_side, 'split': 'CelebA partition' if profile.follow_partition else 'hash of the image id (seed 0)'},
         'steps': {'coarse': tc.steps_coarse, 'fine': tc.steps_fine, 'batch_size': tc.batch_size, 'size': tc.size},
@@ -395,7 +396,7 @@ def main(argv=None):
     "Console entry point: `twostage-reproduce`."
     import argparse
     p = argparse.ArgumentParser(prog='twostage-reproduce', description='Train, evaluate and rebuild every table and figure.')
-    p.add_argument('--profile', default='cpu', help=' | '.join(PROFILES) + " (release: the shipped model, written into the package's assets)")
+    p.add_argument('--profile', default='cpu', help=' | '.join(PROFILES) + " (release, release_gpu: the shipped model, written into the package's assets)")
     p.add_argument('--data'); p.add_argument('--runs'); p.add_argument('--figures'); p.add_argument('--device')
     p.add_argument('--experiments', help='comma-separated experiment names (default: all)')
     p.add_argument('--no-peers', action='store_true'); p.add_argument('--no-figures', action='store_true')
@@ -406,8 +407,38 @@ def main(argv=None):
     a = p.parse_args(argv)
     from twostage.core import check_device
     check_device(a.device)
-    rel = a.profile == 'release'   # the release profile trains the full model only, and writes the shipped weights
+    rel = a.profile in RELEASE_PROFILES   # a release profile trains the full model only, and writes the shipped weights
     exps = a.experiments.split(',') if a.experiments else (['t6_row9'] if rel else None)
     reproduce(a.profile, a.data, a.runs, a.figures, a.device, exps,
               peers=not a.no_peers, make_figures=not a.no_figures, precision=a.precision, release_to='' if rel else None,
               seeds=a.seeds, stage2=a.stage2)
+
+# %% ../nbs/17_reproduce.ipynb #64de20c9
+GPU_COMMAND = ('PYTHONPATH=.:{pack}/site TWOSTAGE_WEIGHTS={pack}/weights python3 -c "from twostage.reproduce import main; main()" '
+               '--profile {profile} --data {pack}/faces --device cuda')
+
+def pack_for_gpu(out='runs/gpu_pack',      # folder to write (under runs/, which git ignores)
+                 data=None,                # the faces (default: $TWOSTAGE_DATA or the bundled CelebA crops)
+                 profile: str = 'release_gpu',
+                 max_mb: float = 32.,      # for the face images: with the repository (13 MiB) and the rest (10 MiB), within a 64 MiB transfer
+                ) -> dict:
+    "Faces, a small perceptual trunk and the ST-LPIPS package in one folder, for `make release-gpu` on a machine without them."
+    import importlib.util, shutil
+    from twostage.core import UserError
+    from twostage.data import pack_faces
+    from twostage.weights import save_trunk_prefix, BUNDLED_FILES
+    out, prof = Path(out), get_profile(profile)
+    rec = {'faces': pack_faces(prof.faces(data), out / 'faces', max_mb=max_mb)}
+    layers = prof.vgg_layers or ('pool1', 'pool2', 'pool3')
+    rec['trunk'] = str(save_trunk_prefix('vgg16', layers, out / 'weights'))
+    spec = importlib.util.find_spec('stlpips_pytorch')
+    if spec is None: raise UserError("stlpips_pytorch is not installed here (pip install stlpips-pytorch); it is what the pack carries")
+    src = Path(list(spec.submodule_search_locations)[0])
+    skip = shutil.ignore_patterns('__pycache__', '*.pyc', BUNDLED_FILES['vgg16'])
+    shutil.copytree(src, out / 'site' / src.name, ignore=skip)
+    for d in src.parent.glob('stlpips_pytorch-*.dist-info'): shutil.copytree(d, out / 'site' / d.name, ignore=skip)  # licence, version
+    cmd = GPU_COMMAND.format(pack=out.as_posix(), profile=profile)
+    (out / 'RUN.md').write_text(f"From the repository's root on the GPU machine (the shipped weights are rewritten there, in twostage/assets/):\n\n    {cmd}\n")
+    rec['mib'] = round(sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 2**20, 1)
+    rec['command'] = cmd
+    return rec

@@ -13,8 +13,8 @@ import torchvision
 log = logging.getLogger('twostage.weights')
 
 # %% auto #0
-__all__ = ['log', 'TORCHVISION_FILES', 'BUNDLED_FILES', 'MissingWeights', 'hub_checkpoint', 'bundled_checkpoint',
-           'resolve_backbone', 'vgg_layer_names', 'VGGFeatures']
+__all__ = ['log', 'TORCHVISION_FILES', 'BUNDLED_FILES', 'PREFIX_KEY', 'MissingWeights', 'hub_checkpoint', 'bundled_checkpoint',
+           'save_trunk_prefix', 'resolve_backbone', 'vgg_layer_names', 'VGGFeatures']
 
 # %% ../nbs/09_weights.ipynb #eaf81a29
 TORCHVISION_FILES = {  # backbone -> (file name in the torch hub cache, download URL)
@@ -61,13 +61,43 @@ def _torchvision_features(name: str, sd: dict, where: str) -> nn.Sequential:
         raise ValueError(f"{where} is not a torchvision {name} checkpoint (strict load failed): {str(e)[:300]}") from None
     return feats
 
-def _bundled_features(name: str, p: Path) -> nn.Sequential:
-    "Load the ST-LPIPS trunk strictly into its own shift-tolerant architecture, flattened to a Sequential."
+PREFIX_KEY = 'prefix_modules'   # in a file written by `save_trunk_prefix`: how many modules of the flattened trunk it holds
+
+def _st_trunk(name: str):
     from stlpips_pytorch import invariant_networks as inv
-    trunk = inv.vggnet(variant='shift_tolerant') if name == 'vgg16' else inv.alexnet(variant='shift_tolerant', filter_size=3)
+    return inv.vggnet(variant='shift_tolerant') if name == 'vgg16' else inv.alexnet(variant='shift_tolerant', filter_size=3)
+
+def _bundled_features(name: str, p: Path) -> nn.Sequential:
+    "Load the ST-LPIPS trunk (or a prefix of it, see `save_trunk_prefix`) strictly into its shift-tolerant architecture, flattened."
+    trunk = _st_trunk(name)
     sd = torch.load(p, map_location='cpu', weights_only=True)
-    trunk.load_state_dict({k[len('net.'):]: v for k, v in sd.items() if k.startswith('net.')}, strict=True)
-    return nn.Sequential(*[m for s in (trunk.slice1, trunk.slice2, trunk.slice3, trunk.slice4, trunk.slice5) for m in s])
+    flat = [m for s in (trunk.slice1, trunk.slice2, trunk.slice3, trunk.slice4, trunk.slice5) for m in s]
+    n = int(sd[PREFIX_KEY]) if PREFIX_KEY in sd else len(flat)
+    net = {k[len('net.'):]: v for k, v in sd.items() if k.startswith('net.')}
+    want = {k for k in trunk.state_dict() if int(k.split('.')[1]) < n}   # keys are slice<i>.<module index>.<tensor>
+    if set(net) != want:
+        raise ValueError(f"{p} is not the ST-LPIPS {name} trunk{f' (its first {n} modules)' if n < len(flat) else ''}: "
+                         f"{len(set(net) - want)} unexpected and {len(want - set(net))} missing tensors")
+    trunk.load_state_dict(net, strict=False)   # strict over `want`, checked above
+    return nn.Sequential(*flat[:n])
+
+def save_trunk_prefix(name: str,   # 'vgg16' or 'alexnet'
+                      layers,      # a layer name or several, e.g. 'pool1' (see `vgg_layer_names`; VGG16 only): kept up to the deepest
+                      folder,      # written as <folder>/<the bundled file's name>, where `TWOSTAGE_WEIGHTS` finds it
+                     ) -> Path:
+    "Write the first modules of the ST-LPIPS trunk bundled in stlpips_pytorch, up to `layers`: a small file for machines without the package's weights."
+    p = bundled_checkpoint(name)
+    if p is None: raise MissingWeights(f"stlpips_pytorch with its bundled {name} weights is not installed (pip install stlpips-pytorch)")
+    names = vgg_layer_names(_bundled_features(name, p)) if name == 'vgg16' else []
+    layers = (layers,) if isinstance(layers, str) else tuple(layers)
+    if not layers or (bad := [l for l in layers if l not in names]):
+        raise ValueError(f"unknown layer(s) {list(layers) and bad} of the ST-LPIPS {name} trunk; valid: {[n for n in names if n]}")
+    n = max(names.index(l) for l in layers) + 1
+    sd = torch.load(p, map_location='cpu', weights_only=True)
+    keep = {k: v for k, v in sd.items() if k.startswith('net.') and int(k.split('.')[2]) < n}
+    out = Path(folder) / BUNDLED_FILES[name]; out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**keep, PREFIX_KEY: torch.tensor(n)}, out)
+    return out
 
 def _freeze(m: nn.Module) -> nn.Module:
     for p in m.parameters(): p.requires_grad_(False)
@@ -78,7 +108,7 @@ def _freeze(m: nn.Module) -> nn.Module:
 # %% ../nbs/09_weights.ipynb #2ce65956
 def resolve_backbone(name: str,           # 'vgg16' or 'alexnet'
                      path=None,           # explicit checkpoint file; wins over everything else
-                     bundled: bool = True, # allow the ST-LPIPS trunks bundled in stlpips_pytorch as a last resort
+                     bundled: bool = True, # allow the ST-LPIPS trunks as a last resort: `TWOSTAGE_WEIGHTS`/<BUNDLED_FILES[name]>, else stlpips_pytorch's
                     ) -> tuple[nn.Sequential, str]:
     "The frozen `features` part of a pretrained backbone and a string saying where its weights came from."
     _check_name(name)
@@ -97,8 +127,12 @@ def resolve_backbone(name: str,           # 'vgg16' or 'alexnet'
             feats = _torchvision_features(name, torch.load(p, map_location='cpu', weights_only=True), str(p))
             log.info('%s weights from %s', name, source)
             return _freeze(feats), source
-    if path is None and bundled and (p := bundled_checkpoint(name)) is not None:
-        source = (f'stlpips-bundled:{p} (shift-tolerant {name} trunk of ST-LPIPS, trained from scratch on BAPPS; '
+    env_st = Path(os.environ['TWOSTAGE_WEIGHTS']) / BUNDLED_FILES[name] if os.environ.get('TWOSTAGE_WEIGHTS') else None
+    if path is None and bundled and env_st is not None and env_st.exists():   # a copy (or prefix) of the ST-LPIPS trunk
+        p, where = env_st, f'env:TWOSTAGE_WEIGHTS:{env_st}'
+    else: p = bundled_checkpoint(name); where = f'stlpips-bundled:{p}'
+    if path is None and bundled and p is not None:
+        source = (f'{where} (shift-tolerant {name} trunk of ST-LPIPS, trained from scratch on BAPPS; '
                   f'not ImageNet {name})')
         warnings.warn(f"no ImageNet {name} weights found; using {source}. Results are not comparable with "
                       f"ImageNet-{name} perceptual losses. For those, download {url} into {hub_checkpoint(name).parent}/")
@@ -133,7 +167,7 @@ class VGGFeatures(nn.Module):
         names = vgg_layer_names(feats)
         valid = [n for n in names if n]
         bad = [l for l in layers if l not in valid]
-        if bad or not layers: raise ValueError(f"unknown VGG16 layer(s) {bad}; valid: {valid}")
+        if bad or not layers: raise ValueError(f"unknown VGG16 layer(s) {bad}; valid: {valid} (in the weights of {self.source})")
         self.layers = tuple(layers)
         self.idx = [names.index(l) for l in layers]
         self.features = feats[:max(self.idx) + 1]

@@ -1,0 +1,43 @@
+"The release model's GPU path, on the CPU: the pack holds the held-out faces and what the GPU machine lacks, and a run from it alone writes a release."
+import json, os, subprocess, sys, textwrap
+from pathlib import Path
+
+import pytest
+
+from twostage.data import load_faces, keep_min_side
+
+FACES = Path(os.environ.get('TWOSTAGE_DATA') or Path(__file__).resolve().parents[1].parent / 'shared' / 'faces' / 'celeba')
+
+
+@pytest.mark.skipif(not FACES.exists(), reason=f"no real faces at {FACES}")
+def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
+    from twostage.reproduce import pack_for_gpu
+    from twostage.experiments import get_profile
+    pack = tmp_path / 'pack'
+    rec = pack_for_gpu(pack, data=FACES, max_mb=24)
+    assert rec['mib'] < 40
+    prof = get_profile('release_gpu')
+    src, pk = prof.faces(FACES), keep_min_side(load_faces(pack / 'faces', size=128, follow_partition=False), 128)
+    assert list(pk.test['id']) == list(src.test['id']) and list(pk.glasses_test['id']) == list(src.glasses_test['id'])
+    assert 0 < len(pk.train) < len(src.train)
+    # a fresh python that sees the pack's copy of stlpips_pytorch (without its VGG16 file) and the small trunk only
+    code = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(pack / 'site')!r})
+        import stlpips_pytorch, torch; torch.set_num_threads(1)
+        assert stlpips_pytorch.__file__.startswith({str(pack)!r}), stlpips_pytorch.__file__
+        from dataclasses import replace
+        from twostage.weights import bundled_checkpoint, resolve_backbone
+        assert bundled_checkpoint('vgg16') is None and resolve_backbone('vgg16')[1].startswith('env:TWOSTAGE_WEIGHTS')
+        from twostage.experiments import get_profile
+        from twostage.reproduce import reproduce
+        prof = replace(get_profile('release_gpu'), step_cap=2, n_test=4, n_glasses=2, families=('medium',),
+                       peers=('mean_fill',), eval_batch=4)
+        reproduce(prof, data={str(pack / 'faces')!r}, runs={str(tmp_path / 'runs')!r}, figures={str(tmp_path / 'figs')!r},
+                  experiments=['t6_row9'], make_figures=False, progress=False, release_to={str(tmp_path / 'rel')!r})
+    """)
+    env = {**os.environ, 'TWOSTAGE_WEIGHTS': str(pack / 'weights'), 'OMP_NUM_THREADS': '1'}
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, (r.stdout[-1500:], r.stderr[-1500:])
+    card = json.loads((tmp_path / 'rel' / 'release128.json').read_text())['card']
+    assert card['profile'] == 'release_gpu', card.get('profile')
+    assert (tmp_path / 'rel' / 'release128.safetensors').exists()
