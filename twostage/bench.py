@@ -143,6 +143,7 @@ def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l
     from twostage.train import Trainer
     bad = [v for v in variants if v not in RECIPES]
     if bad: raise ValueError(f"unknown variant(s) {bad}; valid: {list(RECIPES)}")
+    if peer in variants: raise ValueError(f"the peer {peer!r} has the name of a variant; its rows would mix with the variant's")
     P = get_profile(profile) if isinstance(profile, str) else profile
     size = P.train.size
     faces = P.faces(data)

@@ -126,6 +126,7 @@ RECIPES = {r.row: r for r in (   # short stage-1 runs of a profile's full model 
     _recipe('harmonic', 'holes start from a multi-scale harmonic fill, the U-Net predicts a residual', model=dict(coarse_prefill='harmonic')),
     _recipe('harmonic_input', 'the U-Net sees the holes filled by the harmonic fill and predicts the image', model=dict(coarse_prefill='harmonic_input')),
     _recipe('biharmonic_input', 'the U-Net sees the holes filled by the biharmonic fill and predicts the image', model=dict(coarse_prefill='biharmonic_input')),
+    _recipe('biharmonic_residual', 'holes start from the biharmonic fill, the U-Net predicts a residual over it', model=dict(coarse_prefill='biharmonic')),
 )}
 EXPERIMENTS = {e.name: e for e in TABLE6 + STAGE1 + SEEDS + STAGE2_STUDY}
 EXPERIMENTS['full'] = TABLE6[-1]

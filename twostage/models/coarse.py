@@ -12,10 +12,12 @@ from ..attention import build_attention
 from ..layers import NORMS, build_norm, count_params, ConvBlock, ResBlock, UpBlock
 
 # %% auto #0
-__all__ = ['PREFILLS', 'ATTN_PLACES', 'pull_push_fill', 'harmonic_fill', 'biharmonic_fill', 'CoarseGenerator']
+__all__ = ['PREFILLS', 'RESIDUAL_PREFILLS', 'ATTN_PLACES', 'pull_push_fill', 'harmonic_fill', 'biharmonic_fill',
+           'CoarseGenerator']
 
 # %% ../../nbs/04_models.coarse.ipynb #25fd6014
-PREFILLS = ('none', 'pullpush', 'harmonic', 'harmonic_input', 'biharmonic_input')
+PREFILLS = ('none', 'pullpush', 'harmonic', 'harmonic_input', 'biharmonic_input', 'biharmonic')
+RESIDUAL_PREFILLS = ('pullpush', 'harmonic', 'biharmonic')   # the U-Net predicts a residual over the fill (its head starts at zero)
 
 def pull_push_fill(x: torch.Tensor,    # B x C x H x W, holes may hold anything
                    mask: torch.Tensor, # B x 1 x H x W, 1 = hole
@@ -85,7 +87,7 @@ class CoarseGenerator(nn.Module):
                  n_res: int = 2, # residual blocks at the bottleneck
                  max_mult: int = 8, # widths are capped at base * max_mult
                  in_ch: int = 4, # masked RGB + mask
-                 prefill: str = 'none', # 'none' (the paper) | 'pullpush' / 'harmonic': start the holes from that fill, predict a residual over it | 'harmonic_input' / 'biharmonic_input': that fill as input only
+                 prefill: str = 'none', # 'none' (the paper) | 'pullpush' / 'harmonic' / 'biharmonic': start the holes from that fill, predict a residual over it | 'harmonic_input' / 'biharmonic_input': that fill as input only
                 ):
         super().__init__()
         at, chs = _places(attn_at), [min(base * 2 ** i, base * max_mult) for i in range(depth + 1)]
@@ -100,18 +102,18 @@ class CoarseGenerator(nn.Module):
         self.head = nn.Conv2d(chs[0], 3, 3, padding=1)
         if prefill not in PREFILLS: raise ValueError(f"unknown prefill {prefill!r}; valid: {PREFILLS}")
         self.prefill = prefill
-        if prefill in ('pullpush', 'harmonic'): nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)  # starts as the smooth fill
+        if prefill in RESIDUAL_PREFILLS: nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias)  # starts as the smooth fill
 
     def forward(self, masked, # B x 3 x H x W, holes set to 0
                 mask, # B x 1 x H x W, 1 = hole
                ): # -> B x 3 x H x W in [-1, 1]
         check_batch(masked, mask, self.multiple)
         if self.prefill != 'none':
-            fill = {'pullpush': pull_push_fill, 'biharmonic_input': biharmonic_fill}.get(self.prefill, harmonic_fill)
+            fill = {'pullpush': pull_push_fill, 'biharmonic_input': biharmonic_fill, 'biharmonic': biharmonic_fill}.get(self.prefill, harmonic_fill)
             with torch.no_grad(): masked = masked + mask * fill(masked, mask)
         feats = [self.stem(torch.cat([masked, mask], 1))]
         for down in self.downs: feats.append(down(feats[-1]))
         x = self.mid_attn(self.mid(feats.pop()))
         for up in self.ups: x = up(x, feats.pop())
-        if self.prefill in ('pullpush', 'harmonic'): return (masked + self.head(x)).clamp(-1, 1)
+        if self.prefill in RESIDUAL_PREFILLS: return (masked + self.head(x)).clamp(-1, 1)
         return torch.tanh(self.head(x))

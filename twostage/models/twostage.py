@@ -47,7 +47,7 @@ class ModelCfg:
     coarse_attn_at: tuple = stage1(('bottleneck', 'decoder'))# where the coarse attention sits
     coarse_norm: str = stage1('batch')                  # coarse normalisation ('batch', 'instance', 'none')
     coarse_res: int = stage1(2, size=True)              # residual blocks at the coarse bottleneck
-    coarse_prefill: str = stage1('none')                # 'none' (the paper) | 'pullpush' / 'harmonic': holes start from a smooth fill, U-Net predicts a residual | 'harmonic_input' / 'biharmonic_input': the filled face as input
+    coarse_prefill: str = stage1('none')                # 'none' (the paper) | 'pullpush' / 'harmonic' / 'biharmonic': holes start from a smooth fill, U-Net predicts a residual | 'harmonic_input' / 'biharmonic_input': the filled face as input
     fine_base: int = stage2(64, size=True)              # fine network width of the first level
     fine_depth: int = stage2(3, size=True)              # fine stride-2 levels: 256 px -> 32 x 32 for the FEM stack
     fine_skips: bool = stage2(True)                     # fine encoder-decoder skips
