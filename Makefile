@@ -56,7 +56,7 @@ release-gpu-pack: install
 	$(PY) -c "from twostage.reproduce import pack_for_gpu; r = pack_for_gpu('$(GPU_PACK)'); print(r['faces']['faces'], r['mib'], 'MiB'); print(r['command'])"
 
 release-gpu:
-	PYTHONPATH=.:$(GPU_PACK)/site TWOSTAGE_WEIGHTS=$(GPU_PACK)/weights python3 -c "from twostage.reproduce import main; main()" --profile release_gpu --data $(GPU_PACK)/faces --device cuda
+	sh $(GPU_PACK)/run.sh
 
 smoke: install
 	$(BIN)/twostage-reproduce --profile smoke

@@ -580,4 +580,5 @@ d = { 'settings': { 'branch': 'main',
                                   'twostage.weights.hub_checkpoint': ('weights.html#hub_checkpoint', 'twostage/weights.py'),
                                   'twostage.weights.resolve_backbone': ('weights.html#resolve_backbone', 'twostage/weights.py'),
                                   'twostage.weights.save_trunk_prefix': ('weights.html#save_trunk_prefix', 'twostage/weights.py'),
+                                  'twostage.weights.stlpips_dir': ('weights.html#stlpips_dir', 'twostage/weights.py'),
                                   'twostage.weights.vgg_layer_names': ('weights.html#vgg_layer_names', 'twostage/weights.py')}}}

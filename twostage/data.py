@@ -328,11 +328,9 @@ def pack_faces(faces: FaceData,     # from `load_faces` (and `keep_min_side`)
     n_train = int(np.searchsorted(np.cumsum(size(train)), limit - need, side='right'))
     rows = pd.concat([held, train.iloc[:n_train]])
     img = out / 'img'; img.mkdir(parents=True)
-    names = []
-    for i, p in zip(rows['id'], rows['path']):
-        name = f'{i}{Path(p).suffix.lower()}'
-        if '/' in str(i) or name in names: raise UserError(f"cannot pack image id {i!r} into one flat folder")
-        shutil.copyfile(p, img / name); names.append(name)
+    names = [f'{i}{Path(p).suffix.lower()}' for i, p in zip(rows['id'], rows['path'])]
+    if any('/' in n for n in names) or len(set(names)) < len(names): raise UserError("cannot pack these image ids into one flat folder")
+    for n, p in zip(names, rows['path']): shutil.copyfile(p, img / n)
     eg = rows['eyeglasses'].astype(bool).to_numpy()
     (out / 'list_attr_celeba.txt').write_text(f"{len(rows)}\nEyeglasses\n" + ''.join(f"{n} {1 if g else -1}\n" for n, g in zip(names, eg)))
     part = rows['partition'].to_numpy() if 'partition' in rows else np.full(len(rows), -1)

@@ -423,22 +423,21 @@ def pack_for_gpu(out='runs/gpu_pack',      # folder to write (under runs/, which
                  max_mb: float = 32.,      # for the face images: with the repository (13 MiB) and the rest (10 MiB), within a 64 MiB transfer
                 ) -> dict:
     "Faces, a small perceptual trunk and the ST-LPIPS package in one folder, for `make release-gpu` on a machine without them."
-    import importlib.util, shutil
+    import shutil
     from twostage.core import UserError
     from twostage.data import pack_faces
-    from twostage.weights import save_trunk_prefix, BUNDLED_FILES
+    from twostage.weights import save_trunk_prefix, stlpips_dir, BUNDLED_FILES
     out, prof = Path(out), get_profile(profile)
     rec = {'faces': pack_faces(prof.faces(data), out / 'faces', max_mb=max_mb)}
-    layers = prof.vgg_layers or ('pool1', 'pool2', 'pool3')
+    layers = prof.loss_cfg(EXPERIMENTS['t6_row9']).vgg_layers   # the layers the release model's losses use
     rec['trunk'] = str(save_trunk_prefix('vgg16', layers, out / 'weights'))
-    spec = importlib.util.find_spec('stlpips_pytorch')
-    if spec is None: raise UserError("stlpips_pytorch is not installed here (pip install stlpips-pytorch); it is what the pack carries")
-    src = Path(list(spec.submodule_search_locations)[0])
+    if (src := stlpips_dir()) is None:
+        raise UserError("stlpips_pytorch is not installed here (pip install stlpips-pytorch); it is what the pack carries")
     skip = shutil.ignore_patterns('__pycache__', '*.pyc', BUNDLED_FILES['vgg16'])
     shutil.copytree(src, out / 'site' / src.name, ignore=skip)
     for d in src.parent.glob('stlpips_pytorch-*.dist-info'): shutil.copytree(d, out / 'site' / d.name, ignore=skip)  # licence, version
     cmd = GPU_COMMAND.format(pack=out.as_posix(), profile=profile)
-    (out / 'RUN.md').write_text(f"From the repository's root on the GPU machine (the shipped weights are rewritten there, in twostage/assets/):\n\n    {cmd}\n")
+    (out / 'run.sh').write_text(f"# run from the repository's root on the GPU machine (`make release-gpu`); it rewrites twostage/assets/ there\n{cmd}\n")
     rec['mib'] = round(sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 2**20, 1)
     rec['command'] = cmd
     return rec

@@ -13,8 +13,8 @@ import torchvision
 log = logging.getLogger('twostage.weights')
 
 # %% auto #0
-__all__ = ['log', 'TORCHVISION_FILES', 'BUNDLED_FILES', 'PREFIX_KEY', 'MissingWeights', 'hub_checkpoint', 'bundled_checkpoint',
-           'save_trunk_prefix', 'resolve_backbone', 'vgg_layer_names', 'VGGFeatures']
+__all__ = ['log', 'TORCHVISION_FILES', 'BUNDLED_FILES', 'PREFIX_KEY', 'MissingWeights', 'hub_checkpoint', 'stlpips_dir',
+           'bundled_checkpoint', 'save_trunk_prefix', 'resolve_backbone', 'vgg_layer_names', 'VGGFeatures']
 
 # %% ../nbs/09_weights.ipynb #eaf81a29
 TORCHVISION_FILES = {  # backbone -> (file name in the torch hub cache, download URL)
@@ -35,12 +35,16 @@ def hub_checkpoint(name: str) -> Path:
     _check_name(name)
     return Path(torch.hub.get_dir()) / 'checkpoints' / TORCHVISION_FILES[name][0]
 
+def stlpips_dir() -> Path | None:
+    "The folder of the installed `stlpips_pytorch` package, or None."
+    spec = importlib.util.find_spec('stlpips_pytorch')
+    return Path(list(spec.submodule_search_locations)[0]) if spec is not None and spec.submodule_search_locations else None
+
 def bundled_checkpoint(name: str) -> Path | None:
     "The ST-LPIPS checkpoint shipped inside `stlpips_pytorch` for backbone `name`, or None."
     _check_name(name)
-    spec = importlib.util.find_spec('stlpips_pytorch')
-    if spec is None or not spec.submodule_search_locations: return None
-    p = Path(list(spec.submodule_search_locations)[0]) / 'weights' / 'vST0.0' / BUNDLED_FILES[name]
+    if (d := stlpips_dir()) is None: return None
+    p = d / 'weights' / 'vST0.0' / BUNDLED_FILES[name]
     return p if p.exists() else None
 
 # %% ../nbs/09_weights.ipynb #75c4e1e7
@@ -63,15 +67,16 @@ def _torchvision_features(name: str, sd: dict, where: str) -> nn.Sequential:
 
 PREFIX_KEY = 'prefix_modules'   # in a file written by `save_trunk_prefix`: how many modules of the flattened trunk it holds
 
-def _st_trunk(name: str):
+def _st_trunk(name: str) -> tuple:
+    "The ST-LPIPS trunk of backbone `name` (random weights) and its modules flattened into one list."
     from stlpips_pytorch import invariant_networks as inv
-    return inv.vggnet(variant='shift_tolerant') if name == 'vgg16' else inv.alexnet(variant='shift_tolerant', filter_size=3)
+    trunk = inv.vggnet(variant='shift_tolerant') if name == 'vgg16' else inv.alexnet(variant='shift_tolerant', filter_size=3)
+    return trunk, [m for s in (trunk.slice1, trunk.slice2, trunk.slice3, trunk.slice4, trunk.slice5) for m in s]
 
 def _bundled_features(name: str, p: Path) -> nn.Sequential:
     "Load the ST-LPIPS trunk (or a prefix of it, see `save_trunk_prefix`) strictly into its shift-tolerant architecture, flattened."
-    trunk = _st_trunk(name)
+    trunk, flat = _st_trunk(name)
     sd = torch.load(p, map_location='cpu', weights_only=True)
-    flat = [m for s in (trunk.slice1, trunk.slice2, trunk.slice3, trunk.slice4, trunk.slice5) for m in s]
     n = int(sd[PREFIX_KEY]) if PREFIX_KEY in sd else len(flat)
     net = {k[len('net.'):]: v for k, v in sd.items() if k.startswith('net.')}
     want = {k for k in trunk.state_dict() if int(k.split('.')[1]) < n}   # keys are slice<i>.<module index>.<tensor>
@@ -88,7 +93,7 @@ def save_trunk_prefix(name: str,   # 'vgg16' or 'alexnet'
     "Write the first modules of the ST-LPIPS trunk bundled in stlpips_pytorch, up to `layers`: a small file for machines without the package's weights."
     p = bundled_checkpoint(name)
     if p is None: raise MissingWeights(f"stlpips_pytorch with its bundled {name} weights is not installed (pip install stlpips-pytorch)")
-    names = vgg_layer_names(_bundled_features(name, p)) if name == 'vgg16' else []
+    names = vgg_layer_names(nn.Sequential(*_st_trunk(name)[1])) if name == 'vgg16' else []
     layers = (layers,) if isinstance(layers, str) else tuple(layers)
     if not layers or (bad := [l for l in layers if l not in names]):
         raise ValueError(f"unknown layer(s) {list(layers) and bad} of the ST-LPIPS {name} trunk; valid: {[n for n in names if n]}")
