@@ -127,6 +127,13 @@ RECIPES = {r.row: r for r in (   # short stage-1 runs of a profile's full model 
     _recipe('harmonic_input', 'the U-Net sees the holes filled by the harmonic fill and predicts the image', model=dict(coarse_prefill='harmonic_input')),
     _recipe('biharmonic_input', 'the U-Net sees the holes filled by the biharmonic fill and predicts the image', model=dict(coarse_prefill='biharmonic_input')),
     _recipe('biharmonic_residual', 'holes start from the biharmonic fill, the U-Net predicts a residual over it', model=dict(coarse_prefill='biharmonic')),
+    # which loss term moves a residual away from its start: the fill alone is the residual model at step 0
+    _recipe('biharmonic_l1', 'the biharmonic residual trained on the L1 terms alone', model=dict(coarse_prefill='biharmonic'),
+            loss=dict(perceptual=0., style=0., adversarial=0.)),
+    _recipe('biharmonic_no_style', 'the biharmonic residual without the style term', model=dict(coarse_prefill='biharmonic'),
+            loss=dict(style=0.)),
+    _recipe('biharmonic_style_12', "the biharmonic residual with a tenth of PConv's style weight (12, not 120)",
+            model=dict(coarse_prefill='biharmonic'), loss=dict(style=12.)),
 )}
 EXPERIMENTS = {e.name: e for e in TABLE6 + STAGE1 + SEEDS + STAGE2_STUDY}
 EXPERIMENTS['full'] = TABLE6[-1]

@@ -110,7 +110,8 @@ class CoarseGenerator(nn.Module):
         check_batch(masked, mask, self.multiple)
         if self.prefill != 'none':
             fill = {'pullpush': pull_push_fill, 'biharmonic_input': biharmonic_fill, 'biharmonic': biharmonic_fill}.get(self.prefill, harmonic_fill)
-            with torch.no_grad(): masked = masked + mask * fill(masked, mask)
+            with torch.no_grad():   # the fills' shifted adds are 1.5 to 1.9 times slower on channels_last tensors; same values
+                masked = masked + mask * fill(masked.contiguous(), mask.contiguous())
         feats = [self.stem(torch.cat([masked, mask], 1))]
         for down in self.downs: feats.append(down(feats[-1]))
         x = self.mid_attn(self.mid(feats.pop()))
