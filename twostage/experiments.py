@@ -111,6 +111,7 @@ STAGE2_STUDY += [replace(STAGE2_STUDY[0], name=f'{STAGE2_STUDY[0].name}_seed{s}'
 STAGE2_STUDY += [_long(e, s) for e in TABLE6 if e.name == 't6_row8' for s in (1, 2)]   # the floor at 3,000 steps: rows 9 and 8
 def _recipe(name, modules, **deltas):
     return Experiment.delta(f'recipe_{name}', 'recipe', name, modules, stages=('coarse',), over_profile=True, **deltas)
+_BIHARMONIC = dict(coarse_prefill='biharmonic')   # the recipe rows that start from the biharmonic fill
 RECIPES = {r.row: r for r in (   # short stage-1 runs of a profile's full model (`python -m twostage.bench recipe`)
     _recipe('profile', "the profile's own recipe"),
     _recipe('batch_norm', 'batch norm in the coarse U-Net', model=dict(coarse_norm='batch')),
@@ -126,14 +127,14 @@ RECIPES = {r.row: r for r in (   # short stage-1 runs of a profile's full model 
     _recipe('harmonic', 'holes start from a multi-scale harmonic fill, the U-Net predicts a residual', model=dict(coarse_prefill='harmonic')),
     _recipe('harmonic_input', 'the U-Net sees the holes filled by the harmonic fill and predicts the image', model=dict(coarse_prefill='harmonic_input')),
     _recipe('biharmonic_input', 'the U-Net sees the holes filled by the biharmonic fill and predicts the image', model=dict(coarse_prefill='biharmonic_input')),
-    _recipe('biharmonic_residual', 'holes start from the biharmonic fill, the U-Net predicts a residual over it', model=dict(coarse_prefill='biharmonic')),
+    _recipe('biharmonic_residual', 'holes start from the biharmonic fill, the U-Net predicts a residual over it', model=_BIHARMONIC),
     # which loss term moves a residual away from its start: the fill alone is the residual model at step 0
-    _recipe('biharmonic_l1', 'the biharmonic residual trained on the L1 terms alone', model=dict(coarse_prefill='biharmonic'),
+    _recipe('biharmonic_l1', 'the biharmonic residual trained on the L1 terms alone', model=_BIHARMONIC,
             loss=dict(perceptual=0., style=0., adversarial=0.)),
-    _recipe('biharmonic_no_style', 'the biharmonic residual without the style term', model=dict(coarse_prefill='biharmonic'),
+    _recipe('biharmonic_no_style', 'the biharmonic residual without the style term', model=_BIHARMONIC,
             loss=dict(style=0.)),
     _recipe('biharmonic_style_12', "the biharmonic residual with a tenth of PConv's style weight (12, not 120)",
-            model=dict(coarse_prefill='biharmonic'), loss=dict(style=12.)),
+            model=_BIHARMONIC, loss=dict(style=12.)),
 )}
 EXPERIMENTS = {e.name: e for e in TABLE6 + STAGE1 + SEEDS + STAGE2_STUDY}
 EXPERIMENTS['full'] = TABLE6[-1]
