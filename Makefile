@@ -34,8 +34,8 @@ $(STAMP): settings.ini setup.py
 reproduce: install
 	$(BIN)/twostage-reproduce --profile $(PROFILE) --precision $(PRECISION)
 
-# The training noise of Table 6: six more stage-2 runs over the main job's cached stage 1 (about 20 min on the
-# 2-core machine of the README), then every table, verdict and figure again; the seed results stay in results_<profile>.csv.
+# The training noise of Table 6: six more stage-2 runs over the main job's cached stage 1 (25 min on the
+# 2-core AVX2 machine of the README, fp32), then every table, verdict and figure again; the seed results stay in results_<profile>.csv.
 seeds: install
 	$(BIN)/twostage-reproduce --profile $(PROFILE) --precision $(PRECISION) --seeds
 

@@ -53,3 +53,14 @@ def test_readme_release_tables_are_the_committed_ones():
     assert len(rows) >= 10, 'the README shows no release table (all faces and eyeglasses, five methods each)'
     wrong = [l for l in rows if l not in want]
     assert not wrong, f'README release rows that are not in {p.name}: {wrong}'
+
+
+def test_readme_findings_are_the_committed_ones():
+    "The README's reading of the cpu run is figures/findings.md (written by `twostage.tables.findings_md`), bullet for bullet."
+    p = ROOT / 'figures' / 'findings.md'
+    if not p.exists(): pytest.skip('no committed findings yet (make reproduce writes figures/findings.md)')
+    want = [l for l in p.read_text().splitlines() if l.strip()]
+    assert want, f'{p.name} is empty'
+    lines = set((ROOT / 'README.md').read_text().splitlines())
+    missing = [l for l in want if l not in lines]
+    assert not missing, f'findings.md bullets not in the README (regenerate the README from the committed files): {missing}'

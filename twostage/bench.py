@@ -74,28 +74,12 @@ def bench_train_step(cfg: ModelCfg,          # the model to time
                      vgg_layers=('pool1', 'pool2', 'pool3'), # None: no perceptual/style terms
                      timing_vgg: bool = False, # random-weight VGG16 (timing only), for machines without weights
                      device=None) -> float:
-    "Median seconds per training step."
-    import numpy as np
+    "Median seconds per training step (`twostage.train.train_step_time` with the full loss on `vgg_layers`)."
     from twostage.losses import LossCfg
-    from twostage.masks import mask_batch
-    from twostage.train import Trainer, TrainCfg, ImageTensorDataset
-    device = get_device(device)
+    from twostage.train import train_step_time
     loss = LossCfg(perceptual=0., style=0.) if vgg_layers is None else LossCfg(vgg_layers=tuple(vgg_layers))
     vgg = _TimingVGG(tuple(vgg_layers)) if (timing_vgg and vgg_layers) else None
-    g = torch.Generator().manual_seed(0)
-    faces = ImageTensorDataset(torch.rand(batch, 3, size, size, generator=g) * 2 - 1)
-    tc = TrainCfg(size=size, batch_size=batch, precision=precision, channels_last=channels_last)
-    t = Trainer(cfg, loss, tc, faces, '/nonexistent-unused', stage=stage, vgg=vgg, device=device, progress=False)
-    if compile:
-        t.G = torch.compile(t.G); t.D = {k: torch.compile(v) for k, v in t.D.items()}
-    t.model.train(); t.discs.train()
-    image = faces.images; mask = mask_batch('mixed', batch, size, np.random.default_rng(0))
-    times = []
-    for i in range(warmup + n):
-        _sync(device); t0 = time.perf_counter()
-        t.train_step(image, mask)
-        _sync(device); times.append(time.perf_counter() - t0)
-    return statistics.median(times[warmup:])
+    return train_step_time(cfg, loss, size, batch, stage, precision, channels_last, n, warmup, vgg, compile, device)
 
 TRAIN_VARIANTS = {   # name -> (precision, channels_last, compile)
     'fp32': ('fp32', False, False), 'bf16': ('bf16', False, False), 'channels_last': ('fp32', True, False),

@@ -94,7 +94,7 @@ SEEDS = [replace(e, name=f'{e.name}_seed{s}', table='seeds', train_delta=(('fine
 def _s2(name, modules, **train):   # the full model's stage 2 trained otherwise, over its own (shared, cached) stage 1
     return replace(TABLE6[-1], name=f's2_{name}', table='stage2', row=name, modules=modules, train_delta=_pairs(train))
 STAGE2_STUDY = [   # what it takes for stage 2 to refine (`make stage2`); only stage-2 fields change, so stage 1 is shared
-    _s2('steps_3000', 'three times the stage-2 steps', steps_fine=3000),
+    _s2('steps_3000', '3,000 stage-2 steps', steps_fine=3000),
     _s2('lr_3e-3', 'stage-2 generator learning rate 3e-3', lr_g_fine=3e-3),
     _s2('adv_0.01', 'stage-2 adversarial weight 0.01', adversarial_fine=0.01),
     _s2('adv_0', 'no adversarial term in stage 2 (L1, perceptual, style only)', adversarial_fine=0.),
@@ -244,7 +244,7 @@ def data_id(faces, profile: Profile | None = None) -> str:
 def plan_experiment(exp: Experiment, profile: Profile, faces, runs=None, device=None, log=print) -> dict:
     "Stage -> (run folder, steps still to train, key) of an experiment, with the precision resolved for this machine."
     mcfg, lcfg = profile.model_cfg(exp), profile.loss_cfg(exp)
-    tcfg, _ = resolve_precision(profile.train_cfg(exp), mcfg, device, log=log)
+    tcfg, _ = resolve_precision(profile.train_cfg(exp), mcfg, device, log=log, loss_cfg=lcfg)
     keys = stage_keys(mcfg, lcfg, tcfg, data_id(faces, profile))
     plan = {}
     for st in exp.stages:
@@ -264,7 +264,7 @@ def train_experiment(exp: Experiment, profile: Profile, data=None, runs=None, de
         raise UserError(f"experiment {exp.name} trains {','.join(exp.stages)}; --stages may name only its first stages "
                         f"(e.g. {exp.stages[0]}), not {','.join(stages)}")
     mcfg, lcfg = profile.model_cfg(exp), profile.loss_cfg(exp)
-    tcfg, choice = resolve_precision(profile.train_cfg(exp), mcfg, device, log=print if progress else None)
+    tcfg, choice = resolve_precision(profile.train_cfg(exp), mcfg, device, log=print if progress else None, loss_cfg=lcfg)
     faces = faces or profile.faces(data)
     did = data_id(faces, profile)
     keys = stage_keys(mcfg, lcfg, tcfg, did)
@@ -309,7 +309,7 @@ def main(argv=None):
             raise UserError(f"--config {a.config}: unknown entries {bad}; valid: ['model', 'loss', 'train']")
         if 'model' not in spec: raise UserError(f"--config {a.config} has no 'model' entry")
         mcfg, lcfg, tcfg = ModelCfg.from_dict(spec['model']), LossCfg.from_dict(spec.get('loss', {})), TrainCfg.from_dict(spec.get('train', {}))
-        tcfg, _ = resolve_precision(tcfg, mcfg, a.device)
+        tcfg, _ = resolve_precision(tcfg, mcfg, a.device, loss_cfg=lcfg)
         faces = load_faces(a.data, size=tcfg.size, seed=tcfg.seed)
         data = data_fingerprint(faces.df['path'], faces.root)   # the run's identity includes its data
         stages = tuple((a.stages or 'coarse,fine').split(','))

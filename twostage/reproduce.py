@@ -16,6 +16,7 @@ from .experiments import (TABLE6, TABLE6_ROWS, STAGE1, SEEDS, STAGE2_STUDY, LONG
                                   data_id, plan_experiment)
 from .masks import load_eval_masks
 from .runtime import EtaMeter, cpu_capability, choose_precision
+from .train import resolve_precision
 from .cli import guard
 from .evaluate import eval_faces, eval_masks, load_images, evaluate, summarise, model_fn, RESULT_COLUMNS
 from .metrics import build_perceptual_metric
@@ -99,8 +100,9 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     for e in exps:
         for st, (folder, left, _) in plan_experiment(e, prof, faces, runs, device, log=log).items(): plans[folder] = left
     machine = {'device': str(get_device(device)), 'cpu_capability': cpu_capability(), 'threads': torch.get_num_threads(),
-               'precision': choose_precision(prof.model_cfg(exps[0]) if exps else None, device, prof.train.precision,
-                                             prof.train.channels_last, size, log=None).to_dict()}
+               'precision': (resolve_precision(prof.train_cfg(exps[0]), prof.model_cfg(exps[0]), device, log=None,
+                                               loss_cfg=prof.loss_cfg(exps[0]))[1] if exps else
+                             choose_precision(None, device, prof.train.precision, prof.train.channels_last, size, log=None)).to_dict()}
     log(f"[plan] {len(exps)} experiments, {sum(1 for v in plans.values() if v)} stage runs to train, "
         f"{sum(plans.values())} steps in all; {machine['device']} ({machine['cpu_capability']}, {machine['threads']} threads), "
         f"precision {machine['precision']['precision']}{' + channels_last' if machine['precision']['channels_last'] else ''}")
@@ -168,7 +170,8 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     log(f"[results] {res_path} ({len(allres)} rows)")
     written = {'results': res_path}
     from twostage.tables import write_tables
-    written.update(write_tables(allres, figs, profile=prof.name, modules=T6_LABELS))
+    written.update(write_tables(allres, figs, profile=prof.name, modules=T6_LABELS,
+                                stage1_steps=prof.stage1_steps or prof.train.steps_coarse))
     written.update(write_uncertainty(allres, {n: p for n, p in sorted(per_paths.items(), key=lambda kv: order.get(kv[0], len(order)))
                                                if p.exists()}, figs, prof.name,
                                      (perc.name,), make_figures=make_figures))

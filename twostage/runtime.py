@@ -11,7 +11,7 @@ import torch
 from .core import get_device, UserError
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'WIDTH_FIELDS', 'cpu_capability', 'native_bf16', 'PrecisionChoice', 'probe_step_time',
+__all__ = ['PRECISIONS', 'PROBE_VERSION', 'WIDTH_FIELDS', 'cpu_capability', 'native_bf16', 'PrecisionChoice', 'probe_step_time',
            'precision_memo_path', 'machine_key', 'choose_precision', 'tune_allocator', 'EtaMeter', 'RunLocked',
            'run_lock', 'data_fingerprint']
 
@@ -47,8 +47,8 @@ def probe_step_time(module: torch.nn.Module,  # a generator taking (masked image
                     precision: str,          # 'fp32' | 'bf16'
                     channels_last: bool,
                     size: int = 64,          # image side of the probe batch
-                    batch: int = 2,
-                    n: int = 2,              # timed steps after one warm-up
+                    batch: int = 8,          # the CPU profiles' training batch
+                    n: int = 3,              # timed steps after one warm-up
                     device=None) -> float:
     "Median seconds of one forward + backward pass of `module` in the given precision and layout."
     dev = get_device(device); fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -68,7 +68,15 @@ def probe_step_time(module: torch.nn.Module,  # a generator taking (masked image
     m.zero_grad(set_to_none=True)
     return statistics.median(times[1:])
 
+def _probe_rounds(probe, variants, rounds: int = 3) -> dict:
+    "Variant -> median seconds per probe step, the variants taking turns (one variant's probes in a row drift with the machine)."
+    t = {v: [] for v, _, _ in variants}
+    for _ in range(rounds):
+        for v, p, cl in variants: t[v].append(probe(p, cl))
+    return {v: statistics.median(s) for v, s in t.items()}
+
 _CHOICES = {}
+PROBE_VERSION = 2   # part of a remembered choice's key: a changed probe measures again
 WIDTH_FIELDS = ('coarse_base', 'coarse_depth', 'fine_base', 'fine_depth', 'n_fem')   # what sets the cost of a step
 
 def precision_memo_path() -> Path:
@@ -76,9 +84,9 @@ def precision_memo_path() -> Path:
     return Path(os.environ.get('TWOSTAGE_CACHE') or Path.home() / '.cache' / 'twostage') / 'precision.json'
 
 def machine_key(dev, cap: str, cfg, size: int) -> str:
-    "What a measured choice depends on: device, CPU capability or GPU, torch version, the model's widths, the image side."
+    "What a measured choice depends on: device, CPU capability or GPU, torch version, the model's widths, the image side, the probe."
     w = ','.join(f"{k}={getattr(cfg, k)}" for k in WIDTH_FIELDS if hasattr(cfg, k))
-    return f"{dev}|{cap}|torch {torch.__version__}|{w}|{size}px"
+    return f"{dev}|{cap}|torch {torch.__version__}|{w}|{size}px|probe {PROBE_VERSION}"
 
 def _remembered(mkey: str):
     p = precision_memo_path()
@@ -106,6 +114,8 @@ def choose_precision(model_cfg=None,      # a ModelCfg whose coarse generator is
                      channels_last: bool | None = None, # with a concrete precision: the layout to use
                      size: int = 64,       # training side, for the timed check
                      log=print,            # where the choice is reported (None: silent)
+                     probe=None,           # (precision, channels_last) -> seconds per step; default: the coarse generator's forward + backward
+                     probe_name: str = 'generator', # what `probe` times: part of the remembered choice's key
                     ) -> PrecisionChoice:
     "The precision (and memory layout) to train with on this machine; measured once per process and setting."
     if requested not in PRECISIONS: raise UserError(f"precision must be one of {PRECISIONS}, got {requested!r}")
@@ -121,9 +131,9 @@ def choose_precision(model_cfg=None,      # a ModelCfg whose coarse generator is
         return PrecisionChoice(requested, bool(cl), why, str(dev), cap)
     from twostage.models.twostage import LITE_CFG, build_model
     cfg = model_cfg or LITE_CFG
-    key = (str(dev), cfg.hash(), size)
+    key = (str(dev), cfg.hash(), size, probe_name)
     if key in _CHOICES: return _CHOICES[key]
-    mkey = machine_key(dev, cap, cfg, size)
+    mkey = machine_key(dev, cap, cfg, size) + ('' if probe_name == 'generator' else f'|{probe_name}')
     if (ch := _remembered(mkey)) is not None:   # measured before on this machine: the same answer, so the same cache keys
         _CHOICES[key] = ch
         if log: log(f"[precision] auto -> {ch.describe()}")
@@ -132,21 +142,21 @@ def choose_precision(model_cfg=None,      # a ModelCfg whose coarse generator is
         ch = PrecisionChoice('fp32', False, f'{dev.type}: fp32 (no measured check for this device)', str(dev), cap)
     else:   # measured on GPUs too: small models are launch-bound there, and bf16 can be the slower one
         native = native_bf16() if dev.type == 'cpu' else torch.cuda.is_bf16_supported()
-        gen = build_model(cfg).coarse
-        t = {v: probe_step_time(gen, p, cl, size, device=dev)
-             for v, p, cl in (('fp32', 'fp32', False), ('fp32+channels_last', 'fp32', True))}
-        if native is not False:
-            t.update({v: probe_step_time(gen, p, cl, size, device=dev)
-                      for v, p, cl in (('bf16', 'bf16', False), ('bf16+channels_last', 'bf16', True))})
+        if probe is None:
+            gen = build_model(cfg).coarse
+            probe = lambda p, cl: probe_step_time(gen, p, cl, size, n=2, device=dev)
+        variants = [('fp32', 'fp32', False), ('fp32+channels_last', 'fp32', True)]
+        if native is not False: variants += [('bf16', 'bf16', False), ('bf16+channels_last', 'bf16', True)]
+        t = _probe_rounds(probe, variants)
         best32 = min(('fp32', 'fp32+channels_last'), key=t.get)
         best16 = min(('bf16', 'bf16+channels_last'), key=t.get) if native is not False else None
         if best16 and t[best16] < 0.9 * t[best32]:
-            v, reason = best16, f"{cap}{', native bf16' if native else ''}: {best16} {t[best16]:.3f} s vs {best32} {t[best32]:.3f} s per probe step"
+            v, reason = best16, f"{cap}{', native bf16' if native else ''}: {best16} {t[best16]:.3f} s vs {best32} {t[best32]:.3f} s per {probe_name}"
         else:
             v = best32
             reason = (f"{cap}, no native bf16 (bf16 would be emulated, ~10x slower)" if native is False
                       else f"{cap}: bf16 not 10% faster ({t[best16]:.3f} s vs {t[best32]:.3f} s, {t[best16] / t[best32]:.1f}x the fp32 time)")
-            reason += f"; channels_last {'faster' if v.endswith('last') else 'not faster'} ({t['fp32+channels_last']:.3f} vs {t['fp32']:.3f} s)"
+            reason += f"; channels_last {'faster' if v.endswith('last') else 'not faster'} ({t['fp32+channels_last']:.3f} vs {t['fp32']:.3f} s per {probe_name})"
         ch = PrecisionChoice(v.split('+')[0], v.endswith('channels_last'), reason, str(dev) if dev.type == 'cuda' else 'cpu', cap,
                              {k: round(s, 4) for k, s in t.items()})
     _CHOICES[key] = ch

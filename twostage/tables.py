@@ -12,8 +12,8 @@ from .core import atomic_write
 
 # %% auto #0
 __all__ = ['PAPER_TABLE6', 'METRICS', 'FAMILY_LABELS', 'PEER_LABELS', 'perceptual_name', 'wide', 'table6', 'stage1_table',
-           'peers_table', 'peer_verdicts', 'verdict_summary', 'family_grid_md', 'write_tables', 'paired_bootstrap',
-           'seed_spread', 'noise_floor', 'claims', 'table6_claim_rows', 'claims_md']
+           'peers_table', 'peer_verdicts', 'verdict_summary', 'family_grid_md', 'findings_md', 'write_tables',
+           'paired_bootstrap', 'seed_spread', 'noise_floor', 'claims', 'table6_claim_rows', 'claims_md']
 
 # %% ../nbs/18_tables.ipynb #41e0b594
 PAPER_TABLE6 = pd.DataFrame({   # the paper's Table 6, as printed (row 9 = full model)
@@ -157,8 +157,58 @@ def _per_family(results, build, **kw):
             except ValueError: pass
     return pd.concat(parts, ignore_index=True)
 
+def _fam_list(fams) -> str: return ', '.join(FAMILY_LABELS.get(f, f) for f in fams)
+
+def findings_md(results: pd.DataFrame,       # long-format results with Table 6, the peers and (optionally) the stage-1 rows
+                modules: dict | None = None, # Table 6 row (int) -> its module set
+                full: str = 't6_row9', stage1_steps: int | None = None) -> str:
+    "The README's reading of a run, one bullet per question, every number read from `results` (`figures/findings.md`)."
+    p = perceptual_name(results); out = []
+    def pool(name, m='psnr', subset='all'):   # mean over families
+        r = results[(results.experiment == name) & (results.metric == m) & (results.subset == subset) & (results.bucket == 'all')]
+        return float(r.value.mean())
+    v = peer_verdicts(results, full=full)
+    if len(v):
+        peers = [q for q in ('biharmonic', 'navier_stokes', 'telea') if (results.experiment == f'peer_{q}').any()]
+        best = max(peers, key=lambda q: pool(f'peer_{q}'))
+        a = v[v.subset == 'all']
+        won = a[a.won_psnr].family.tolist(); lost = a[~a.won_psnr]
+        s = (f"Pooled over families the full model scores {pool(full):.2f} dB PSNR against {PEER_LABELS[best]}'s "
+             f"{pool('peer_' + best):.2f}. Per family it leads every peer on PSNR on {_fam_list(won) or 'none'}")
+        if len(lost): s += '; it is behind on ' + ', '.join(f"{FAMILY_LABELS.get(r.family, r.family)} ({r.margin_psnr:+.2f} dB vs "
+                                                             f"{PEER_LABELS[r.best_peer_psnr_name]})" for r in lost.itertuples())
+        s += '.'
+        if p: s += f" Its {'ST-LPIPS' if p.startswith('st') else 'LPIPS'} is the best on {int(a[f'won_{p}'].sum())} of {len(a)} families."
+        g = v[v.subset == 'eyeglasses']
+        if len(g):
+            n = int(results[(results.experiment == full) & (results.subset == 'eyeglasses') & (results.metric == 'psnr')
+                            & (results.bucket == 'all')].groupby('family')['n'].sum().max())
+            gl = g[~g.won_psnr].family.tolist()
+            s += (f" On the {n} faces with eyeglasses " + (f"a peer leads on PSNR on {_fam_list(gl)}." if gl else
+                                                          "it leads every peer on PSNR on every family."))
+        out.append(s)
+    if (results.table == 'table6').any():
+        t = table6(results, modules=modules)
+        t['rank'] = t.psnr.rank(ascending=False, method='min').astype(int)
+        r9 = t[t.row == '9'].iloc[0]; top = t.sort_values('psnr', ascending=False).iloc[0]
+        paper_order = t.sort_values('paper_psnr', ascending=False).row.tolist() == t.sort_values('psnr', ascending=False).row.tolist()
+        s = (f"Table 6's ordering is {'reproduced' if paper_order else 'not reproduced'}: the full model (row 9, {r9.psnr:.2f} dB) "
+             f"ranks {r9['rank']} of {len(t)} on PSNR")
+        if top.row != '9': s += f", behind row {top.row} ({modules.get(int(top.row), '') + ', ' if modules else ''}{top.psnr:.2f} dB)"
+        s += (f"; the {len(t)} rows span {t.psnr.max() - t.psnr.min():.2f} dB, against {t.paper_psnr.max() - t.paper_psnr.min():.2f} dB "
+              "in the paper. Whether any of these differences is real is the subject of the next section.")
+        out.append(s)
+    if (results.table == 'stage1').any():
+        s1 = stage1_table(results).set_index('row')
+        worst = s1.psnr.idxmin()
+        out.append(f"In the stage-1 ablation (`figures/stage1.md`{f', {stage1_steps:,} steps per row' if stage1_steps else ''}) the full "
+                   f"coarse network scores {s1.loc['full', 'psnr']:.2f} dB; the lowest row is {worst} ({s1.loc[worst, 'psnr']:.2f} dB)"
+                   + (f", the highest {s1.psnr.idxmax()} ({s1.psnr.max():.2f} dB)." if s1.psnr.idxmax() != 'full' else ', and no row beats the full network.'))
+    return ''.join(f'- {s}\n' for s in out)
+
 def write_tables(results: pd.DataFrame, out_dir, profile: str = '',
                  modules: dict | None = None, # Table 6 row (int) -> its module set, shown beside the row (e.g. experiments.TABLE6_ROWS)
+                 stage1_steps: int | None = None, # training steps of each stage-1 row (named in `findings.md`)
                 ) -> dict:
     "Write Table 6, the stage-1 table and the peers table (CSV, markdown, LaTeX) into `out_dir`; returns the paths."
     out, written = Path(out_dir), {}
@@ -196,6 +246,9 @@ def write_tables(results: pd.DataFrame, out_dir, profile: str = '',
         grid = (f"# PSNR / SSIM / {perceptual_name(results)} per mask family, the model beside the classical peers\n\n{note} "
                 "The best of each cell in bold (higher PSNR and SSIM, lower perceptual distance).\n" + grid)
         written['peers_grid_md'] = atomic_write(out / 'peers_by_family.md', lambda f: Path(f).write_text(grid))
+        if results[results.table == 'table6'].experiment.nunique() > 1:   # the README's reading of the run, sentence by sentence from these results
+            fm = findings_md(results, modules, stage1_steps=stage1_steps)
+            written['findings_md'] = atomic_write(out / 'findings.md', lambda f: Path(f).write_text(fm))
     return written
 
 # %% ../nbs/18_tables.ipynb #377080fc

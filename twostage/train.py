@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_train.ipynb #cf4637ba
 from __future__ import annotations
-import os, json, math, time, random, warnings, contextlib
+import os, json, math, time, random, statistics, warnings, contextlib
 from dataclasses import dataclass, asdict, replace, field, fields
 from pathlib import Path
 import numpy as np
@@ -28,7 +28,8 @@ from .losses import (LossCfg, reconstruction_loss, adversarial_g_loss, adversari
 # %% auto #0
 __all__ = ['STAGES', 'TRAIN_LATER_FIELDS', 'STAGE2_TRAIN_FIELDS', 'TrainCfg', 'stage_seed', 'resolve_precision', 'StepBatches',
            'step_masks', 'dist_info', 'maybe_init_distributed', 'unwrap', 'all_gather_objects', 'TrainingDiverged',
-           'shared_vgg', 'Trainer', 'save_sample_grid', 'ImageTensorDataset', 'tiny_checkpoint', 'train_stages']
+           'shared_vgg', 'Trainer', 'save_sample_grid', 'ImageTensorDataset', 'train_step_time', 'tiny_checkpoint',
+           'train_stages']
 
 # %% ../nbs/12_train.ipynb #bcfab896
 STAGES = tuple(TRAINING_STAGES)   # 'coarse', 'fine', 'joint': what each does is a row of models.twostage.TRAINING_STAGES
@@ -83,9 +84,15 @@ def stage_seed(tcfg: TrainCfg, stage: str) -> int:
     "The seed of a stage's init, data order and masks: `seed`, or for stage 2 with a `fine_seed` a seed of its own."
     return tcfg.seed + 7919 * tcfg.fine_seed if TRAINING_STAGES[stage].is_stage2 and tcfg.fine_seed else tcfg.seed
 
-def resolve_precision(tcfg: TrainCfg, model_cfg: ModelCfg, device=None, log=print) -> tuple:
+def resolve_precision(tcfg: TrainCfg, model_cfg: ModelCfg, device=None, log=print,
+                      loss_cfg=None, # the run's loss: 'auto' then times whole training steps (`train_step_time`) of this model and loss
+                     ) -> tuple:
     "(`tcfg` with a concrete precision and layout, the `PrecisionChoice`): 'auto' becomes what is fastest on this machine."
-    ch = choose_precision(model_cfg, device, tcfg.precision, tcfg.channels_last, tcfg.size, log=log)
+    probe, name = None, 'generator'
+    if loss_cfg is not None and tcfg.precision == 'auto':   # the generator alone can rank the layouts wrongly (twostage.runtime)
+        probe = lambda p, cl: train_step_time(model_cfg, loss_cfg, tcfg.size, tcfg.batch_size, 'coarse', p, cl, n=2, device=device)
+        name = f"train step b{tcfg.batch_size} vgg {'+'.join(loss_cfg.vgg_layers) if loss_cfg.perceptual or loss_cfg.style else 'none'}"
+    ch = choose_precision(model_cfg, device, tcfg.precision, tcfg.channels_last, tcfg.size, log=log, probe=probe, probe_name=name)
     return replace(tcfg, precision=ch.precision, channels_last=ch.channels_last), ch
 
 # %% ../nbs/12_train.ipynb #d0c48055
@@ -198,7 +205,7 @@ class Trainer:
         self.device = get_device(device)
         if self.device.type == 'cpu': tune_allocator()   # freed tensors stay in the process: about a third off a 128 px CPU step
         if precision_choice is not None: self.precision_choice = precision_choice
-        else: train_cfg, self.precision_choice = resolve_precision(train_cfg, model_cfg, self.device,
+        else: train_cfg, self.precision_choice = resolve_precision(train_cfg, model_cfg, self.device, loss_cfg=loss_cfg,
                                                                    log=lambda m: tqdm.write(m) if progress else None)
         self.mcfg, self.lcfg, self.tcfg, self.stage, self.on_step = model_cfg, loss_cfg, train_cfg, stage, on_step
         self.data_info = data_info
@@ -509,6 +516,33 @@ class ImageTensorDataset(torch.utils.data.Dataset):
     def __init__(self, images): self.images = images
     def __len__(self): return len(self.images)
     def __getitem__(self, i): return {'image': self.images[i], 'eyeglasses': False, 'id': str(i), 'index': i}
+
+def train_step_time(model_cfg: ModelCfg,      # the model to time
+                    loss_cfg: LossCfg,        # its loss (the perceptual trunk is a large part of a CPU step)
+                    size: int,                # image side
+                    batch: int = 8,           # global batch
+                    stage: str = 'coarse',    # 'coarse' (two discriminators) or 'fine' (relativistic)
+                    precision: str = 'fp32',  # 'fp32' | 'bf16' | 'fp16' (GPU)
+                    channels_last: bool = False,
+                    n: int = 3,               # timed steps (after `warmup` steps)
+                    warmup: int = 1,
+                    vgg=None,                 # the perceptual trunk (default: the loss's, `shared_vgg`)
+                    compile: bool = False,    # torch.compile the generator and the discriminators
+                    device=None) -> float:
+    "Median seconds of one whole training step (`Trainer.train_step`: both updates, every loss term) on random faces."
+    device = get_device(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' else (lambda: None)
+    faces = ImageTensorDataset(torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    tc = TrainCfg(size=size, batch_size=batch, precision=precision, channels_last=channels_last)
+    t = Trainer(model_cfg, loss_cfg, tc, faces, '/nonexistent-unused', stage=stage, vgg=vgg, device=device, progress=False)
+    if compile: t.G = torch.compile(t.G); t.D = {k: torch.compile(v) for k, v in t.D.items()}
+    t.model.train(); t.discs.train()
+    mask = mask_batch('mixed', batch, size, np.random.default_rng(0)); times = []
+    for _ in range(warmup + n):
+        sync(); t0 = time.perf_counter()
+        t.train_step(faces.images, mask)
+        sync(); times.append(time.perf_counter() - t0)
+    return statistics.median(times[warmup:])
 
 def tiny_checkpoint(path,          # where to write the checkpoint (a .pt file)
                     size: int = 32, # training side stored in the checkpoint
