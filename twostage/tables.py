@@ -157,6 +157,11 @@ def _per_family(results, build, **kw):
             except ValueError: pass
     return pd.concat(parts, ignore_index=True)
 
+def _pooled(results: pd.DataFrame, name: str, metric: str, subset: str = 'all') -> float:
+    "A run's mean of `metric` over mask families (bucket 'all')."
+    r = results[(results.experiment == name) & (results.metric == metric) & (results.subset == subset) & (results.bucket == 'all')]
+    return float(r.value.mean()) if len(r) else float('nan')
+
 def _fam_list(fams) -> str: return ', '.join(FAMILY_LABELS.get(f, f) for f in fams)
 
 def findings_md(results: pd.DataFrame,       # long-format results with Table 6, the peers and (optionally) the stage-1 rows
@@ -164,9 +169,7 @@ def findings_md(results: pd.DataFrame,       # long-format results with Table 6,
                 full: str = 't6_row9', stage1_steps: int | None = None) -> str:
     "The README's reading of a run, one bullet per question, every number read from `results` (`figures/findings.md`)."
     p = perceptual_name(results); out = []
-    def pool(name, m='psnr', subset='all'):   # mean over families
-        r = results[(results.experiment == name) & (results.metric == m) & (results.subset == subset) & (results.bucket == 'all')]
-        return float(r.value.mean())
+    pool = lambda name: _pooled(results, name, 'psnr')   # mean over mask families, all test faces
     v = peer_verdicts(results, full=full)
     if len(v):
         peers = [q for q in ('biharmonic', 'navier_stokes', 'telea') if (results.experiment == f'peer_{q}').any()]
@@ -279,10 +282,6 @@ def paired_bootstrap(per_image: dict,   # name -> per-face results (`twostage.ev
     return pd.DataFrame(rows)
 
 # %% ../nbs/18_tables.ipynb #80f9a19e
-def _pooled(results: pd.DataFrame, name: str, metric: str, subset: str = 'all') -> float:
-    r = results[(results.experiment == name) & (results.metric == metric) & (results.subset == subset) & (results.bucket == 'all')]
-    return float(r.value.mean()) if len(r) else float('nan')
-
 def seed_spread(results: pd.DataFrame,   # long-format results holding rows and their seed repeats (table 'seeds', `<row>_seed<k>`)
                 metrics=('psnr', 'ssim'),
                 subset: str = 'all') -> pd.DataFrame:
