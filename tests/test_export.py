@@ -67,7 +67,7 @@ def test_dynamic_batch_and_wrong_size(tmp_path):
         inp(*probe_pair(64))
 
 
-@pytest.mark.parametrize('prefill', ['pullpush', 'harmonic_input'])
+@pytest.mark.parametrize('prefill', ['pullpush', 'harmonic_input', 'biharmonic_input'])
 def test_dynamic_size_prefill(prefill, tmp_path):
     m = seeded_model(replace(TINY_CFG, coarse_prefill=prefill, coarse_norm='none', fine_residual=True))
     inp = load_onnx(export_onnx(m, tmp_path / 'dyn.onnx', 32, dynamic_size=True), threads=1)

@@ -12,8 +12,8 @@ from .runtime import cpu_capability, native_bf16
 from .models.twostage import ModelCfg, PAPER_CFG, LITE_CFG, TINY_CFG, STAGES, build_model
 
 # %% auto #0
-__all__ = ['PRESETS', 'TRAIN_VARIANTS', 'bench_forward', 'bench_train_step', 'train_table', 'recipe_table', 'forward_table',
-           'main']
+__all__ = ['PRESETS', 'TRAIN_VARIANTS', 'FILLS', 'bench_forward', 'bench_train_step', 'train_table', 'recipe_table', 'fill_table',
+           'forward_table', 'main']
 
 # %% ../nbs/90_bench.ipynb #48c6bf5a
 PRESETS = {'PAPER': PAPER_CFG, 'LITE': LITE_CFG}
@@ -112,12 +112,14 @@ def train_table(configs=('PAPER', 'LITE'), sizes=(64, 128), variants=('fp32', 'b
 # %% ../nbs/90_bench.ipynb #a8969783
 def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l1_no_gan'), # keys of `experiments.RECIPES`
                  profile='cpu',      # a profile name or `twostage.experiments.Profile`
-                 steps: int = 1500,  # stage-1 steps per variant
+                 steps: int = 1500,  # stage-1 steps per variant (0: the untrained model, for a residual prefill its fill alone)
                  n_faces: int = 60,  # test faces per mask family
                  families=('thin', 'medium', 'thick', 'center'),
                  peer: str | None = 'biharmonic', # a classical method scored beside the variants (None: none)
-                 data=None, runs=None, device=None, out=sys.stdout):
-    "PSNR / SSIM per mask family of short stage-1 runs, one row per variant (and the peer); a DataFrame."
+                 data=None, runs=None, device=None, out=sys.stdout,
+                 perceptual=None,    # a metric from `metrics.build_perceptual_metric` (or True: the default one): adds its column
+                ):
+    "PSNR / SSIM (and a perceptual distance) per mask family of short stage-1 runs, one row per variant (and the peer); a DataFrame."
     import dataclasses, tempfile
     import pandas as pd
     from twostage.core import runs_dir
@@ -133,13 +135,18 @@ def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l
     faces = P.faces(data)
     images = {'all': load_images(eval_faces(faces, n_faces, 0)['all'], size)}
     masks = eval_masks(size, families, n_faces, root=runs_dir(runs) / P.name)
+    if perceptual is True:
+        from twostage.metrics import build_perceptual_metric
+        perceptual = build_perceptual_metric()
+    pname = perceptual.name if perceptual else None
     rows = []
     def score(name, fn, sec):
-        df = evaluate(fn, images, masks, families, None, batch_size=P.eval_batch)
+        df = evaluate(fn, images, masks, families, perceptual, batch_size=P.eval_batch)
         for fam, g in df.groupby('family'):
-            rows.append(dict(variant=name, family=fam, psnr=g.psnr.mean(), ssim=g.ssim.mean(), steps=steps if sec else 0,
-                             seconds=sec, n=len(g)))
-        if out: print(f"{name:16s} " + ' '.join(f"{r['family']} {r['psnr']:.2f}/{r['ssim']:.3f}" for r in rows if r['variant'] == name)
+            rows.append(dict(variant=name, family=fam, psnr=g.psnr.mean(), ssim=g.ssim.mean(),
+                             **({pname: g[pname].mean()} if pname else {}), steps=steps if sec else 0, seconds=sec, n=len(g)))
+        if out: print(f"{name:16s} " + ' '.join(f"{r['family']} {r['psnr']:.2f}/{r['ssim']:.3f}" + (f"/{r[pname]:.3f}" if pname else '')
+                                                for r in rows if r['variant'] == name)
                       + (f"  ({sec:.0f} s)" if sec else ''), file=out, flush=True)
     if peer: score(peer, lambda i, m: inpaint_peer(peer, i, m), 0.)
     train = faces.dataset('train', cache=True)
@@ -147,10 +154,54 @@ def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l
         exp = RECIPES[v]   # one delta over the profile's full model, loss and training settings
         m, l = P.model_cfg(exp), P.loss_cfg(exp)
         t = dataclasses.replace(P.train_cfg(exp), steps_coarse=steps, sample_every=0)
+        if not steps:
+            torch.manual_seed(t.seed); score(v, model_fn(build_model(m).eval(), 'coarse', device), 0.); continue
         with tempfile.TemporaryDirectory() as tmp:
             tr = Trainer(m, l, t, train, tmp, stage='coarse', val_dataset=faces.dataset('val'), device=device, progress=False)
             t0 = time.time(); tr.fit(resume=False); sec = time.time() - t0
             score(v, model_fn(tr.model, 'coarse', device), sec)
+    return pd.DataFrame(rows)
+
+# %% ../nbs/90_bench.ipynb #a97b8882
+from .models.coarse import biharmonic_fill, harmonic_fill
+FILLS = {   # name -> fill(x, mask): the smooth fills a prefill starts from (`twostage.models.coarse`)
+    'biharmonic_cg': biharmonic_fill,
+    'biharmonic_jacobi': lambda x, m: biharmonic_fill(x, m, solver='jacobi'),
+    'harmonic': harmonic_fill,
+}
+
+def fill_table(profile='release',    # a profile name or `twostage.experiments.Profile`
+               n_faces: int = 60,    # test faces per mask family
+               families=('thin', 'medium', 'thick', 'center'),
+               fills=('biharmonic_cg', 'biharmonic_jacobi', 'harmonic'), # see `FILLS`
+               peers=('biharmonic',), # classical methods scored beside them (`peers.PEERS`)
+               data=None, runs=None, out=sys.stdout,
+               perceptual=None,      # a metric from `metrics.build_perceptual_metric` (or True: the default one): adds its column
+              ):
+    "PSNR / SSIM (and a perceptual distance) per mask family of the model's smooth fills alone (no network) and classical peers; a DataFrame."
+    import pandas as pd
+    from twostage.core import runs_dir, composite
+    from twostage.experiments import get_profile
+    from twostage.evaluate import eval_faces, eval_masks, load_images, evaluate
+    from twostage.peers import inpaint_peer
+    bad = [f for f in fills if f not in FILLS]
+    if bad: raise ValueError(f"unknown fill(s) {bad}; valid: {list(FILLS)}")
+    P = get_profile(profile) if isinstance(profile, str) else profile
+    images = {'all': load_images(eval_faces(P.faces(data), n_faces, 0)['all'], P.train.size)}
+    masks = eval_masks(P.train.size, families, n_faces, root=runs_dir(runs) / P.name)
+    if perceptual is True:
+        from twostage.metrics import build_perceptual_metric
+        perceptual = build_perceptual_metric()
+    pname = perceptual.name if perceptual else None
+    methods = [(p, lambda i, m, p=p: inpaint_peer(p, i, m)) for p in peers or ()] + \
+              [(f, lambda i, m, f=f: composite(FILLS[f](i * (1 - m), m), i, m)) for f in fills]
+    rows = []
+    for name, fn in methods:
+        df = evaluate(fn, images, masks, families, perceptual, batch_size=P.eval_batch)
+        rows += [dict(method=name, family=fam, psnr=g.psnr.mean(), ssim=g.ssim.mean(), **({pname: g[pname].mean()} if pname else {}),
+                      n=len(g)) for fam, g in df.groupby('family')]
+        if out: print(f"{name:18s} " + ' '.join(f"{r['family']} {r['psnr']:.2f}/{r['ssim']:.4f}" + (f"/{r[pname]:.3f}" if pname else '')
+                                                for r in rows if r['method'] == name), file=out, flush=True)
     return pd.DataFrame(rows)
 
 # %% ../nbs/90_bench.ipynb #23807035
@@ -203,9 +254,19 @@ def main(argv=None):
     r.add_argument('--data', default=None); r.add_argument('--runs', default=None, help='where the evaluation masks live')
     r.add_argument('--device', default=None); r.add_argument('--threads', type=int, default=None)
     r.add_argument('--csv', default=None, help='also write the rows to this CSV')
+    r.add_argument('--perceptual', action='store_true', help="also score the perceptual metric (LPIPS, else ST-LPIPS, named in its column)")
+    s = sub.add_parser('fill', help="the model's smooth fills alone (no network) beside a classical peer, scored per mask family")
+    s.add_argument('--profile', default='release'); s.add_argument('--n-faces', type=int, default=60)
+    s.add_argument('--families', nargs='+', default=['thin', 'medium', 'thick', 'center'])
+    s.add_argument('--fills', nargs='+', default=['biharmonic_cg', 'biharmonic_jacobi', 'harmonic'], choices=list(FILLS))
+    s.add_argument('--peers', nargs='*', default=['biharmonic'], help='classical methods scored beside them (none given: none)')
+    s.add_argument('--perceptual', action='store_true', help="also score the perceptual metric (LPIPS, else ST-LPIPS, named in its column)")
+    s.add_argument('--data', default=None); s.add_argument('--runs', default=None, help='where the evaluation masks live')
+    s.add_argument('--threads', type=int, default=None)
+    s.add_argument('--csv', default=None, help='also write the rows to this CSV')
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {get_device(a.device)}, "
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {get_device(getattr(a, 'device', None))}, "
           f"CPU capability {cpu_capability()}, native bf16 {native_bf16()}")
     if a.cmd == 'forward':
         return forward_table(a.configs, a.sizes, a.stage, a.n, a.batch, a.channels_last, a.device)
@@ -215,9 +276,13 @@ def main(argv=None):
         if a.csv:
             import pandas as pd; pd.DataFrame(rows).to_csv(a.csv, index=False)
         return rows
+    if a.cmd == 'fill':
+        df = fill_table(a.profile, a.n_faces, a.families, a.fills, a.peers, a.data, a.runs, perceptual=a.perceptual or None)
+        if a.csv: df.to_csv(a.csv, index=False)
+        return df
     if a.cmd == 'recipe':
         df = recipe_table(a.variants, a.profile, a.steps, a.n_faces, a.families, None if a.peer == 'none' else a.peer,
-                          a.data, a.runs, a.device)
+                          a.data, a.runs, a.device, perceptual=a.perceptual or None)
         print(df.pivot(index='variant', columns='family', values='psnr').round(2).to_string())
         if a.csv: df.to_csv(a.csv, index=False)
         return df

@@ -135,6 +135,17 @@ RECIPES = {r.row: r for r in (   # short stage-1 runs of a profile's full model 
             loss=dict(style=0.)),
     _recipe('biharmonic_style_12', "the biharmonic residual with a tenth of PConv's style weight (12, not 120)",
             model=_BIHARMONIC, loss=dict(style=12.)),
+    # every image of a batch weighs alike in the hole L1 (`losses.hole_loss`), so thin strokes count as much as a centre box
+    _recipe('per_image', "the profile's recipe, the hole L1 per image", loss=dict(hole_norm='image')),
+    _recipe('biharmonic_l1_per_image', 'the biharmonic residual on the L1 terms alone, the hole L1 per image', model=_BIHARMONIC,
+            loss=dict(perceptual=0., style=0., adversarial=0., hole_norm='image')),
+    _recipe('biharmonic_per_image', 'the biharmonic residual, the hole L1 per image', model=_BIHARMONIC, loss=dict(hole_norm='image')),
+    _recipe('biharmonic_no_style_per_image', 'the biharmonic residual without the style term, the hole L1 per image',
+            model=_BIHARMONIC, loss=dict(style=0., hole_norm='image')),
+    _recipe('biharmonic_input_per_image', 'the U-Net sees the holes filled by the biharmonic fill, the hole L1 per image',
+            model=dict(coarse_prefill='biharmonic_input'), loss=dict(hole_norm='image')),
+    _recipe('biharmonic_perceptual_per_image', 'the biharmonic residual on the L1 and perceptual terms (no style, no adversarial '
+            'term), the hole L1 per image', model=_BIHARMONIC, loss=dict(style=0., adversarial=0., hole_norm='image')),
 )}
 EXPERIMENTS = {e.name: e for e in TABLE6 + STAGE1 + SEEDS + STAGE2_STUDY}
 EXPERIMENTS['full'] = TABLE6[-1]

@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from .core import composite, stable_hash, strict_from_dict
 
 # %% auto #0
-__all__ = ['GAN_KINDS', 'LossCfg', 'gram', 'reconstruction_loss', 'adversarial_d_loss', 'adversarial_g_loss',
-           'relativistic_d_loss', 'relativistic_g_loss']
+__all__ = ['GAN_KINDS', 'HOLE_NORMS', 'LossCfg', 'gram', 'hole_loss', 'reconstruction_loss', 'adversarial_d_loss',
+           'adversarial_g_loss', 'relativistic_d_loss', 'relativistic_g_loss']
 
 # %% ../nbs/10_losses.ipynb #a0ca8b6b
 GAN_KINDS = ('hinge', 'lsgan', 'ns')  # hinge; least squares (Mao et al. 2017); non-saturating (Goodfellow et al. 2014)
+HOLE_NORMS = ('pixels', 'image')      # how the hole L1 weighs the images of a batch (see `hole_loss`)
 
 def _check_kind(kind):
     if kind not in GAN_KINDS: raise ValueError(f"unknown GAN loss {kind!r}; valid: {list(GAN_KINDS)}")
@@ -29,16 +30,21 @@ class LossCfg:
     adversarial: float = 0.1   # weight of the generator's adversarial term (applied by the trainer)
     gan: str = 'hinge'         # one of GAN_KINDS
     vgg_layers: tuple = ('pool1', 'pool2', 'pool3')  # VGG16 layers of the perceptual and style terms (PConv's)
+    hole_norm: str = 'pixels'  # 'pixels' (PConv's: a mean over all pixels, so a big hole outweighs a thin stroke) | 'image': each image's hole L1 per hole pixel, the batch's total weight kept
 
     def __post_init__(self):
         _check_kind(self.gan)
+        if self.hole_norm not in HOLE_NORMS: raise ValueError(f"LossCfg.hole_norm: unknown {self.hole_norm!r}; valid: {list(HOLE_NORMS)}")
         object.__setattr__(self, 'vgg_layers', (self.vgg_layers,) if isinstance(self.vgg_layers, str) else tuple(self.vgg_layers))
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name not in ('gan', 'vgg_layers') and not (isinstance(v, (int, float)) and v >= 0):
+            if f.name not in ('gan', 'vgg_layers', 'hole_norm') and not (isinstance(v, (int, float)) and v >= 0):
                 raise ValueError(f"LossCfg.{f.name} must be a number >= 0, got {v!r}")
 
-    def to_dict(self) -> dict: return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+    def to_dict(self) -> dict:
+        "The fields as plain values; `hole_norm` only when it is not PConv's, so the keys of earlier runs stay valid."
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if not (k == 'hole_norm' and v == 'pixels')}
     @classmethod
     def from_dict(cls, d: dict) -> 'LossCfg':
         "Build from a dict (`core.strict_from_dict`): unknown keys raise naming the valid ones, missing keys take the defaults."
@@ -52,6 +58,18 @@ def gram(f: torch.Tensor) -> torch.Tensor:
     f = f.reshape(B, C, H * W)
     return f @ f.transpose(1, 2) / (C * H * W)
 
+# %% ../nbs/10_losses.ipynb #0a4b82af
+def hole_loss(diff: torch.Tensor,  # B x C x H x W absolute error
+            mask: torch.Tensor,  # B x 1 x H x W, 1 = hole
+            norm: str = 'pixels',# one of HOLE_NORMS
+           ) -> torch.Tensor:
+    "The hole L1: a mean over all pixels ('pixels', PConv's), or each image's per-hole-pixel error at the batch's mean hole fraction ('image')."
+    if norm == 'pixels': return (diff * mask).mean()
+    if norm != 'image': raise ValueError(f"unknown hole_norm {norm!r}; valid: {list(HOLE_NORMS)}")
+    per = (diff * mask).mean((1, 2, 3))                 # = hole fraction x error per hole pixel, per image
+    frac = mask.mean((1, 2, 3))
+    return (per / frac.clamp_min(1e-8)).mul(frac.mean()).mean()
+
 # %% ../nbs/10_losses.ipynb #d2e74314
 def reconstruction_loss(pred: torch.Tensor,  # B x 3 x H x W generator output in [-1, 1]
                         image: torch.Tensor, # B x 3 x H x W ground truth in [-1, 1]
@@ -63,7 +81,7 @@ def reconstruction_loss(pred: torch.Tensor,  # B x 3 x H x W generator output in
     terms, total = {}, pred.new_zeros(())
     diff = (pred - image).abs()
     if cfg.valid: terms['valid'] = (diff * (1 - mask)).mean(); total = total + cfg.valid * terms['valid']
-    if cfg.hole:  terms['hole'] = (diff * mask).mean();        total = total + cfg.hole * terms['hole']
+    if cfg.hole:  terms['hole'] = hole_loss(diff, mask, cfg.hole_norm); total = total + cfg.hole * terms['hole']
     if cfg.perceptual or cfg.style:
         if vgg is None:
             raise ValueError(f"LossCfg(perceptual={cfg.perceptual}, style={cfg.style}) needs a VGG feature extractor: "

@@ -12,8 +12,8 @@ from ..attention import build_attention
 from ..layers import NORMS, build_norm, count_params, ConvBlock, ResBlock, UpBlock
 
 # %% auto #0
-__all__ = ['PREFILLS', 'RESIDUAL_PREFILLS', 'ATTN_PLACES', 'pull_push_fill', 'harmonic_fill', 'biharmonic_fill',
-           'CoarseGenerator']
+__all__ = ['PREFILLS', 'RESIDUAL_PREFILLS', 'BIHARMONIC_SOLVERS', 'ATTN_PLACES', 'pull_push_fill', 'harmonic_fill',
+           'biharmonic_fill', 'CoarseGenerator']
 
 # %% ../../nbs/04_models.coarse.ipynb #25fd6014
 PREFILLS = ('none', 'pullpush', 'harmonic', 'harmonic_input', 'biharmonic_input', 'biharmonic')
@@ -49,14 +49,37 @@ def _laplace_sweeps(y, x, w, n):
         y = x * w + (p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]) * (0.25 * (1 - w))
     return y
 
+BIHARMONIC_SOLVERS = ('cg', 'jacobi')
+
+def _laplacian(y):
+    "The 5-point Laplacian with replicated borders (a symmetric operator, so its square suits conjugate gradients)."
+    p = F.pad(y, (1, 1, 1, 1), mode='replicate')
+    return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:] - 4 * y
+
+def _biharmonic_cg(y, hole, iters):
+    "`iters` conjugate-gradient steps on the biharmonic equation in the holes (`hole` = 1), the known pixels of `y` fixed."
+    r = -_laplacian(_laplacian(y)) * hole
+    p, rr = r, (r * r).sum((-2, -1), keepdim=True)   # one step size per image and channel
+    for _ in range(iters):   # a fixed count, no data-dependent branch: exportable
+        Ap = _laplacian(_laplacian(p)) * hole
+        a = rr / (p * Ap).sum((-2, -1), keepdim=True).clamp(min=1e-20)
+        y, r = y + a * p, r - a * Ap
+        rr, rr_old = (r * r).sum((-2, -1), keepdim=True), rr
+        p = r + rr / rr_old.clamp(min=1e-20) * p
+    return y
+
 def biharmonic_fill(x: torch.Tensor,    # B x C x H x W, holes may hold anything
                     mask: torch.Tensor, # B x 1 x H x W, 1 = hole
-                    iters: int = 60,    # damped Jacobi sweeps of the biharmonic equation per pyramid level
-                    omega: float = 0.5, # damping (plain Jacobi diverges on the biharmonic stencil; below 0.625 it converges)
+                    iters: int | None = None, # steps per pyramid level (None: 40 for 'cg', 60 for 'jacobi')
+                    solver: str = 'cg', # 'cg': conjugate gradients | 'jacobi': damped Jacobi sweeps (the first version, slower to converge)
+                    omega: float = 0.5, # Jacobi's damping (plain Jacobi diverges on the biharmonic stencil; below 0.625 it converges)
                    ) -> torch.Tensor:   # B x C x H x W: known pixels kept, holes filled
-    "Multi-scale biharmonic interpolation: at every pyramid level, start from the coarser level's fill and relax the 13-point biharmonic stencil in the holes."
+    "Multi-scale biharmonic interpolation: at every pyramid level, start from the coarser level's fill and solve the biharmonic equation in the holes."
+    if solver not in BIHARMONIC_SOLVERS: raise ValueError(f"unknown solver {solver!r}; valid: {list(BIHARMONIC_SOLVERS)}")
+    iters = (40 if solver == 'cg' else 60) if iters is None else iters
     if x.shape[-1] <= 4 or x.shape[-2] <= 4: return harmonic_fill(x, mask)
-    y, w = _from_coarser(x, mask, biharmonic_fill, iters, omega)
+    y, w = _from_coarser(x, mask, biharmonic_fill, iters, solver, omega)
+    if solver == 'cg': return _biharmonic_cg(y.float(), (1 - w).float(), iters).to(x.dtype)
     y = _laplace_sweeps(y, x, w, 4)
     H, W = y.shape[-2:]
     for _ in range(iters):   # u = (8 * edge neighbours - 2 * diagonal ones - the four at distance 2) / 20, damped
