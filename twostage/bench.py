@@ -110,6 +110,26 @@ def train_table(configs=('PAPER', 'LITE'), sizes=(64, 128), variants=('fp32', 'b
     return rows
 
 # %% ../nbs/90_bench.ipynb #a8969783
+def _protocol(P, faces, n_faces, families, runs, perceptual):
+    "A profile's test faces and saved masks for a screen, and its perceptual metric (True: the default one) with its column name."
+    from twostage.core import runs_dir
+    from twostage.evaluate import eval_faces, eval_masks, load_images
+    images = {'all': load_images(eval_faces(faces, n_faces, 0)['all'], P.train.size)}
+    masks = eval_masks(P.train.size, families, n_faces, root=runs_dir(runs) / P.name)
+    if perceptual is True:
+        from twostage.metrics import build_perceptual_metric
+        perceptual = build_perceptual_metric()
+    return images, masks, perceptual, (perceptual.name if perceptual else None)
+
+def _family_means(df, pname) -> list:
+    "One dict per mask family of `evaluate`'s per-image rows: mean PSNR, SSIM (and perceptual distance), and the count."
+    return [dict(family=fam, psnr=g.psnr.mean(), ssim=g.ssim.mean(), **({pname: g[pname].mean()} if pname else {}), n=len(g))
+            for fam, g in df.groupby('family')]
+
+def _line(name, rows, pname, digits=3, width=16) -> str:
+    return f"{name:{width}s} " + ' '.join(f"{r['family']} {r['psnr']:.2f}/{r['ssim']:.{digits}f}" + (f"/{r[pname]:.3f}" if pname else '')
+                                     for r in rows)
+
 def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l1_no_gan'), # keys of `experiments.RECIPES`
                  profile='cpu',      # a profile name or `twostage.experiments.Profile`
                  steps: int = 1500,  # stage-1 steps per variant (0: the untrained model, for a residual prefill its fill alone)
@@ -122,32 +142,22 @@ def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l
     "PSNR / SSIM (and a perceptual distance) per mask family of short stage-1 runs, one row per variant (and the peer); a DataFrame."
     import dataclasses, tempfile
     import pandas as pd
-    from twostage.core import runs_dir
     from twostage.experiments import get_profile, RECIPES
-    from twostage.evaluate import eval_faces, eval_masks, load_images, evaluate, model_fn
+    from twostage.evaluate import evaluate, model_fn
     from twostage.peers import inpaint_peer
     from twostage.train import Trainer
     bad = [v for v in variants if v not in RECIPES]
     if bad: raise ValueError(f"unknown variant(s) {bad}; valid: {list(RECIPES)}")
     if peer in variants: raise ValueError(f"the peer {peer!r} has the name of a variant; its rows would mix with the variant's")
     P = get_profile(profile) if isinstance(profile, str) else profile
-    size = P.train.size
     faces = P.faces(data)
-    images = {'all': load_images(eval_faces(faces, n_faces, 0)['all'], size)}
-    masks = eval_masks(size, families, n_faces, root=runs_dir(runs) / P.name)
-    if perceptual is True:
-        from twostage.metrics import build_perceptual_metric
-        perceptual = build_perceptual_metric()
-    pname = perceptual.name if perceptual else None
+    images, masks, perceptual, pname = _protocol(P, faces, n_faces, families, runs, perceptual)
     rows = []
     def score(name, fn, sec):
-        df = evaluate(fn, images, masks, families, perceptual, batch_size=P.eval_batch)
-        for fam, g in df.groupby('family'):
-            rows.append(dict(variant=name, family=fam, psnr=g.psnr.mean(), ssim=g.ssim.mean(),
-                             **({pname: g[pname].mean()} if pname else {}), steps=steps if sec else 0, seconds=sec, n=len(g)))
-        if out: print(f"{name:16s} " + ' '.join(f"{r['family']} {r['psnr']:.2f}/{r['ssim']:.3f}" + (f"/{r[pname]:.3f}" if pname else '')
-                                                for r in rows if r['variant'] == name)
-                      + (f"  ({sec:.0f} s)" if sec else ''), file=out, flush=True)
+        got = _family_means(evaluate(fn, images, masks, families, perceptual, batch_size=P.eval_batch), pname)
+        rows.extend(dict(variant=name, **{k: v for k, v in r.items() if k != 'n'}, steps=steps if sec else 0, seconds=sec, n=r['n'])
+                    for r in got)
+        if out: print(_line(name, got, pname) + (f"  ({sec:.0f} s)" if sec else ''), file=out, flush=True)
     if peer: score(peer, lambda i, m: inpaint_peer(peer, i, m), 0.)
     train = faces.dataset('train', cache=True)
     for v in variants:
@@ -180,28 +190,21 @@ def fill_table(profile='release',    # a profile name or `twostage.experiments.P
               ):
     "PSNR / SSIM (and a perceptual distance) per mask family of the model's smooth fills alone (no network) and classical peers; a DataFrame."
     import pandas as pd
-    from twostage.core import runs_dir, composite
+    from twostage.core import composite
     from twostage.experiments import get_profile
-    from twostage.evaluate import eval_faces, eval_masks, load_images, evaluate
+    from twostage.evaluate import evaluate
     from twostage.peers import inpaint_peer
     bad = [f for f in fills if f not in FILLS]
     if bad: raise ValueError(f"unknown fill(s) {bad}; valid: {list(FILLS)}")
     P = get_profile(profile) if isinstance(profile, str) else profile
-    images = {'all': load_images(eval_faces(P.faces(data), n_faces, 0)['all'], P.train.size)}
-    masks = eval_masks(P.train.size, families, n_faces, root=runs_dir(runs) / P.name)
-    if perceptual is True:
-        from twostage.metrics import build_perceptual_metric
-        perceptual = build_perceptual_metric()
-    pname = perceptual.name if perceptual else None
+    images, masks, perceptual, pname = _protocol(P, P.faces(data), n_faces, families, runs, perceptual)
     methods = [(p, lambda i, m, p=p: inpaint_peer(p, i, m)) for p in peers or ()] + \
               [(f, lambda i, m, f=f: composite(FILLS[f](i * (1 - m), m), i, m)) for f in fills]
     rows = []
     for name, fn in methods:
-        df = evaluate(fn, images, masks, families, perceptual, batch_size=P.eval_batch)
-        rows += [dict(method=name, family=fam, psnr=g.psnr.mean(), ssim=g.ssim.mean(), **({pname: g[pname].mean()} if pname else {}),
-                      n=len(g)) for fam, g in df.groupby('family')]
-        if out: print(f"{name:18s} " + ' '.join(f"{r['family']} {r['psnr']:.2f}/{r['ssim']:.4f}" + (f"/{r[pname]:.3f}" if pname else '')
-                                                for r in rows if r['method'] == name), file=out, flush=True)
+        got = _family_means(evaluate(fn, images, masks, families, perceptual, batch_size=P.eval_batch), pname)
+        rows += [dict(method=name, **r) for r in got]
+        if out: print(_line(name, got, pname, digits=4, width=18), file=out, flush=True)
     return pd.DataFrame(rows)
 
 # %% ../nbs/90_bench.ipynb #23807035
