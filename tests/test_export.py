@@ -12,7 +12,7 @@ pytest.importorskip('onnx', reason='ONNX export tests need onnx: pip install "tw
 
 from twostage.export import export_onnx, load_onnx, parity, probe_pair, main, PARITY_TOL
 from twostage.models.twostage import build_model, TINY_CFG
-from twostage.experiments import RELEASE_CFG   # the shipped model's configuration (harmonic-fill input)
+from twostage.experiments import RELEASE_CFG   # the release configuration (biharmonic-fill input)
 
 torch.set_num_threads(1)
 FACE = Path(os.environ.get('TWOSTAGE_DATA') or Path(__file__).resolve().parents[1].parent / 'shared' / 'faces' / 'celeba') / 'img' / '202599.jpg'

@@ -185,6 +185,32 @@ def test_official_lpips_loads_given_trunk(tmp_path):
     assert torch.equal(getattr(pm.net.net.slice5, '10').weight, feats[10].weight.detach())
 
 
+
+def test_perceptual_metric_without_lpips_or_stlpips_debug_imports():
+    "A machine without the lpips package, IPython or torchsummary (a bare GPU image) still gets ST-LPIPS, named as such."
+    import subprocess, sys, textwrap
+    code = textwrap.dedent("""
+        import sys, warnings
+        for name in ('lpips', 'IPython', 'torchsummary'): sys.modules[name] = None   # import of each fails
+        for k in [k for k in sys.modules if k.startswith('stlpips_pytorch')]: del sys.modules[k]
+        import twostage.metrics as M
+        assert M._import_stlpips().LPIPS is not None
+        assert 'IPython' not in sys.modules and 'torchsummary' not in sys.modules   # the stand-ins are gone again
+        M.resolve_backbone = lambda *a, **k: (None, 'test')   # as if the AlexNet weights were there
+        try: M._lpips_official('alex', None)
+        except M.MissingWeights as e: assert 'lpips package is not installed' in str(e), e
+        else: raise AssertionError('no MissingWeights without the lpips package')
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always')
+            pm = M.build_perceptual_metric('alex', device='cpu')
+        assert pm.name == 'stlpips_alex' and any('NOT the published LPIPS' in str(x.message) for x in w)
+        print('ok')
+    """)
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
+                       env={**__import__('os').environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0 and r.stdout.strip().endswith('ok'), (r.stdout[-2000:], r.stderr[-2000:])
+
+
 # ---------------------------------------------------------------- peers
 @pytest.mark.parametrize('name', list(peers.PEERS))
 def test_peer(name):

@@ -50,22 +50,29 @@ def hole_l1(out, image, mask) -> np.ndarray:
     return np.array([np.abs(o - i).mean() if len(o) else np.nan for o, i in _holes(out, image, mask)])
 
 # %% ../nbs/11_metrics.ipynb #26e35602
+_STLPIPS_DEBUG_IMPORTS = {'torchsummary': 'summary', 'IPython': 'embed'}   # imported by stlpips_pytorch, used only to debug
+
 def _import_stlpips():
-    "Import `stlpips_pytorch.stlpips`, standing in for its debug-only `torchsummary` import when missing."
+    "Import `stlpips_pytorch.stlpips`, standing in for its debug-only imports (`torchsummary`, `IPython`) where missing."
+    stubs = []
     try:
-        from stlpips_pytorch import stlpips
-    except ModuleNotFoundError as e:
-        if e.name != 'torchsummary': raise
-        stub = types.ModuleType('torchsummary'); stub.summary = None
-        sys.modules['torchsummary'] = stub
-        try: from stlpips_pytorch import stlpips
-        finally: sys.modules.pop('torchsummary', None)
-    return stlpips
+        while True:
+            try:
+                from stlpips_pytorch import stlpips
+                return stlpips
+            except ModuleNotFoundError as e:
+                if e.name not in _STLPIPS_DEBUG_IMPORTS or e.name in stubs: raise
+                stub = types.ModuleType(e.name); setattr(stub, _STLPIPS_DEBUG_IMPORTS[e.name], None)
+                sys.modules[e.name] = stub; stubs.append(e.name)
+                for k in [k for k in sys.modules if k.startswith('stlpips_pytorch')]: del sys.modules[k]   # import afresh
+    finally:
+        for n in stubs: sys.modules.pop(n, None)
 
 def _lpips_official(net, path):
     "Official LPIPS with its trunk loaded strictly from resolved torchvision weights (no download)."
-    import lpips
     feats, source = resolve_backbone({'alex': 'alexnet', 'vgg': 'vgg16'}[net], path, bundled=False)
+    try: import lpips
+    except ImportError as e: raise MissingWeights(f"the lpips package is not installed ({e}; pip install lpips)") from e
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')   # torchvision's `pretrained=` deprecation inside lpips
         m = lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, verbose=False)

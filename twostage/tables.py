@@ -244,7 +244,7 @@ def write_tables(results: pd.DataFrame, out_dir, profile: str = '',
         md = ('# The full model against the best classical peer, per mask family\n\n' + note + ' Margins: positive = the model '
               'is better (for the perceptual distance, lower is better).\n\n' + verdict_summary(v) + '\n\n' + _md(v[cols]))
         written['verdicts_md'] = atomic_write(out / 'verdicts.md', lambda f: Path(f).write_text(md))
-        label = 'twostage (release)' if profile == 'release' else 'twostage (full)'
+        label = 'twostage (release)' if profile.startswith('release') else 'twostage (full)'   # the release profiles: release, release_gpu
         grid = ''.join(f"\n## {subset} test faces\n\n" + family_grid_md(results, subset, label=label) for subset in sorted(v.subset.unique()))
         grid = (f"# PSNR / SSIM / {perceptual_name(results)} per mask family, the model beside the classical peers\n\n{note} "
                 "The best of each cell in bold (higher PSNR and SSIM, lower perceptual distance).\n" + grid)
