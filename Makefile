@@ -4,7 +4,7 @@
 #   make seeds       after make reproduce: stage 2 of rows 9, 7 and 8 with two more seeds each (Table 6's training-noise floor)
 #   make stage2      after make reproduce: the stage-2 study (does stage 2 refine its stage 1, and what does it take?)
 #   make release     retrain the shipped 128 px model from scratch (release profile), evaluate it, rewrite twostage/assets/
-#   make release-gpu-pack   write runs/gpu_pack/ (faces, a small VGG trunk, stlpips_pytorch) for a GPU machine without them
+#   make release-gpu-pack   write runs/gpu_pack/ (faces, a small VGG trunk, stlpips_pytorch, the peers scored) for a GPU machine without them
 #   make release-gpu the same on one GPU (release_gpu profile), run there from the repository's root with the pack beside it
 #   make demo        serve the demo notebook as a web page (Voilà) on 127.0.0.1:$(PORT) and print the address to open
 SHELL := /bin/bash
@@ -53,7 +53,7 @@ release: install
 # tqdm, safetensors), as on the GPU machines our builds borrow.
 GPU_PACK ?= runs/gpu_pack
 release-gpu-pack: install
-	$(PY) -c "from twostage.reproduce import pack_for_gpu; r = pack_for_gpu('$(GPU_PACK)'); print(r['faces']['faces'], r['mib'], 'MiB'); print(r['command'])"
+	$(PY) -c "from twostage.reproduce import pack_for_gpu; r = pack_for_gpu('$(GPU_PACK)'); print(r['faces']['faces'], r['mib'], 'MiB; peers scored in', r['peers']); print(r['command'])"
 
 release-gpu:
 	sh $(GPU_PACK)/run.sh

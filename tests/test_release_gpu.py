@@ -11,11 +11,16 @@ FACES = Path(os.environ.get('TWOSTAGE_DATA') or Path(__file__).resolve().parents
 
 @pytest.mark.skipif(not FACES.exists(), reason=f"no real faces at {FACES}")
 def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
-    from twostage.reproduce import pack_for_gpu
+    from dataclasses import replace
+    from twostage.reproduce import pack_for_gpu, score_peers
     from twostage.experiments import get_profile
     pack = tmp_path / 'pack'
-    rec = pack_for_gpu(pack, data=FACES, max_mb=24)
-    assert rec['mib'] < 40
+    rec = pack_for_gpu(pack, data=FACES, max_mb=24, peers=False)   # the full protocol's peers take minutes: a small one below
+    assert rec['mib'] < 40 and '--runs' in rec['command'] and 'peers' not in rec
+    small = replace(get_profile('release_gpu'), step_cap=2, n_test=4, n_glasses=2, families=('medium',), peers=('mean_fill',),
+                    eval_batch=4)
+    res = score_peers(small, data=pack / 'faces', runs=pack / 'runs', progress=False)   # what pack_for_gpu does with peers=True
+    assert res == pack / 'runs' / 'release_gpu' / 'results' and len(list(res.glob('peer_mean_fill-*.csv'))) == 4   # + eye frames
     prof = get_profile('release_gpu')
     src, pk = prof.faces(FACES), keep_min_side(load_faces(pack / 'faces', size=128, follow_partition=False), 128)
     assert list(pk.test['id']) == list(src.test['id']) and list(pk.glasses_test['id']) == list(src.glasses_test['id'])
@@ -32,12 +37,13 @@ def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
         from twostage.reproduce import reproduce
         prof = replace(get_profile('release_gpu'), step_cap=2, n_test=4, n_glasses=2, families=('medium',),
                        peers=('mean_fill',), eval_batch=4)
-        reproduce(prof, data={str(pack / 'faces')!r}, runs={str(tmp_path / 'runs')!r}, figures={str(tmp_path / 'figs')!r},
+        reproduce(prof, data={str(pack / 'faces')!r}, runs={str(pack / 'runs')!r}, figures={str(tmp_path / 'figs')!r},
                   experiments=['t6_row9'], make_figures=False, progress=False, release_to={str(tmp_path / 'rel')!r})
     """)
     env = {**os.environ, 'TWOSTAGE_WEIGHTS': str(pack / 'weights'), 'OMP_NUM_THREADS': '1'}
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, (r.stdout[-1500:], r.stderr[-1500:])
+    assert '[peer] mean_fill: from cache' in r.stdout, r.stdout[-1500:]   # the run read the peers scored beforehand
     card = json.loads((tmp_path / 'rel' / 'release128.json').read_text())['card']
     assert card['profile'] == 'release_gpu', card.get('profile')
     assert (tmp_path / 'rel' / 'release128.safetensors').exists()

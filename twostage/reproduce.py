@@ -27,8 +27,8 @@ from .experiments import EXPERIMENTS
 T6_LABELS = {i: m for i, (m, _) in TABLE6_ROWS.items()}   # Table 6 row -> its module set, for tables and figures
 
 # %% auto #0
-__all__ = ['T6_LABELS', 'GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM_PEERS', 'GPU_COMMAND', 'reproduce', 'write_uncertainty',
-           'write_stage2_study', 'write_glasses_claim', 'release_card', 'main', 'pack_for_gpu']
+__all__ = ['T6_LABELS', 'GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM_PEERS', 'GPU_COMMAND', 'score_peers', 'reproduce',
+           'write_uncertainty', 'write_stage2_study', 'write_glasses_claim', 'release_card', 'main', 'pack_for_gpu']
 
 # %% ../nbs/17_reproduce.ipynb #2eecbc20
 def _protocol(profile: Profile, size: int) -> dict:
@@ -47,6 +47,63 @@ def _per_image_path(path: Path) -> Path: return path.with_name(path.stem + '.per
 
 GLASSES_CLAIM_ROWS = ('t6_row9', 't6_row7', 't6_row6', 't6_row1')   # shown in the eye-frame figure, with two peers
 GLASSES_CLAIM_PEERS = ('biharmonic', 'telea')
+
+def _setup_protocol(prof: Profile, data, out_root: Path, log=print):
+    "A profile's faces, evaluation masks, test sets, perceptual metric and protocol key, as every result of it uses them."
+    size = prof.train.size
+    faces = prof.faces(data)
+    log(f"[code] {code_version()} (recorded with every result of this run)")
+    log(f"[data] {faces!r}")
+    masks = eval_masks(size, prof.families, max(prof.n_test, prof.n_glasses), root=out_root)
+    log(f"[masks] evaluation masks: {masks}")
+    sets = {k: load_images(v, size) for k, v in eval_faces(faces, prof.n_test, prof.n_glasses).items()}
+    log(f"[protocol] " + ', '.join(f"{k}: {len(v)} faces" for k, v in sets.items()) + f" x families {', '.join(prof.families)}")
+    perc = build_perceptual_metric()
+    log(f"[metrics] psnr, ssim, hole_psnr, hole_l1, {perc.name}")
+    return faces, masks, sets, perc, stable_hash([_protocol(prof, size), perc.name])
+
+def _eyeframe_protocol(prof: Profile, sets: dict, out_root: Path, perc, log=print) -> dict:
+    "The glasses claim's protocol: eye-frame holes (part of the frames stays visible) on the faces with eyeglasses only."
+    size = prof.train.size
+    masks = eval_masks(size, ('eyeframe',), len(sets['eyeglasses']), root=out_root / 'eyeframe')
+    log(f"[glasses claim] eye-frame holes on {len(sets['eyeglasses'])} faces with eyeglasses: {masks}")
+    return {'sets': {'eyeglasses': sets['eyeglasses']}, 'masks': masks,
+            'proto': stable_hash(['eyeframe', _protocol(prof, size), perc.name]), 'show': load_eval_masks(masks, ('eyeframe',))[1][:4]}
+
+def _score_peers(prof: Profile, sets, masks, perc, proto, res_dir: Path, ef: dict | None = None, progress: bool = True, log=print):
+    "The classical peers on a protocol (and on the eye-frame holes with `ef`), each read from its cache when scored before: the key is the protocol's."
+    out = {'results': [], 'per': {}, 'ef_results': [], 'ef_per': {}, 'ef_preds': {}}
+    size = prof.train.size
+    for name in prof.peers:
+        t1 = time.time(); rp = res_dir / f'peer_{name}-{proto}.csv'
+        fn = lambda im, m: inpaint_peer(name, im, m)
+        res, cached = _cached_eval(rp, lambda per: summarise(per, f'peer_{name}', 'peer', prof.train.seed, stage='peer', size=size,
+                                                            profile=prof.name),
+                                   per_image=lambda: evaluate(fn, sets, masks, prof.families, perc, prof.eval_batch, progress=progress))
+        out['results'].append(res.assign(table='peers', row=name)); out['per'][f'peer_{name}'] = _per_image_path(rp)
+        if ef:
+            efp = res_dir / f"peer_{name}-{ef['proto']}.csv"
+            r, _ = _cached_eval(efp, lambda per: summarise(per, f'peer_{name}', 'peer', prof.train.seed, stage='peer',
+                                                          size=size, profile=prof.name),
+                                per_image=lambda: evaluate(fn, ef['sets'], ef['masks'], ('eyeframe',), perc, prof.eval_batch))
+            out['ef_results'].append(r.assign(table='peers', row=name)); out['ef_per'][f'peer_{name}'] = _per_image_path(efp)
+            if name in GLASSES_CLAIM_PEERS: out['ef_preds'][name] = fn(ef['sets']['eyeglasses'][:len(ef['show'])], ef['show'])
+        log(f"[peer] {name}: {'from cache' if cached else 'evaluated'} ({time.time() - t1:.0f} s)")
+    return out
+
+def score_peers(profile: str | Profile = 'release_gpu', # the profile whose protocol the peers are scored on
+                data=None,   # faces (default: $TWOSTAGE_DATA or the bundled CelebA crops)
+                runs=None,   # where the profile's runs live (default: runs/); the scores go to <runs>/<profile>/results
+                glasses_claim: bool = True, # also the eye-frame holes of the eyeglasses faces, as `reproduce` does
+                progress: bool = True, log=print) -> Path:
+    "Score the classical peers of a profile's protocol into its results cache, for a later `reproduce` (e.g. on a GPU machine) to read."
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    out_root = runs_dir(runs) / prof.name; out_root.mkdir(parents=True, exist_ok=True)
+    seed_everything(prof.train.seed)
+    faces, masks, sets, perc, proto = _setup_protocol(prof, data, out_root, log)
+    ef = _eyeframe_protocol(prof, sets, out_root, perc, log) if glasses_claim and 'eyeglasses' in sets else None
+    _score_peers(prof, sets, masks, perc, proto, out_root / 'results', ef, progress, log)
+    return out_root / 'results'
 
 def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
               data=None,      # faces (default: $TWOSTAGE_DATA or the bundled CelebA crops)
@@ -73,16 +130,7 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     figs.mkdir(parents=True, exist_ok=True)
     size = prof.train.size
     seed_everything(prof.train.seed)
-    faces = prof.faces(data)
-    log(f"[code] {code_version()} (recorded with every result of this run)")
-    log(f"[data] {faces!r}")
-    masks = eval_masks(size, prof.families, max(prof.n_test, prof.n_glasses), root=out_root)
-    log(f"[masks] evaluation masks: {masks}")
-    sets = {k: load_images(v, size) for k, v in eval_faces(faces, prof.n_test, prof.n_glasses).items()}
-    log(f"[protocol] " + ', '.join(f"{k}: {len(v)} faces" for k, v in sets.items()) + f" x families {', '.join(prof.families)}")
-    perc = build_perceptual_metric()
-    log(f"[metrics] psnr, ssim, hole_psnr, hole_l1, {perc.name}")
-    proto = stable_hash([_protocol(prof, size), perc.name])
+    faces, masks, sets, perc, proto = _setup_protocol(prof, data, out_root, log)
     optional = {'seeds': seeds, 'stage2': stage2}   # tables trained only on request; their earlier results stay in the results
     pool = STAGE1 + TABLE6 + SEEDS + STAGE2_STUDY
     exps = [e for e in pool if (e.name in experiments if experiments is not None else optional.get(e.table, True))]
@@ -91,11 +139,9 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     # the glasses claim: eye-frame holes (part of the frames stays visible) on the faces with eyeglasses only
     ef = glasses_claim and 'eyeglasses' in sets and any(e.table == 'table6' for e in exps)
     if ef:
-        ef_masks = eval_masks(size, ('eyeframe',), len(sets['eyeglasses']), root=out_root / 'eyeframe')
-        ef_sets, ef_proto = {'eyeglasses': sets['eyeglasses']}, stable_hash(['eyeframe', _protocol(prof, size), perc.name])
-        ef_show = load_eval_masks(ef_masks, ('eyeframe',))[1][:4]
+        efp_ = _eyeframe_protocol(prof, sets, out_root, perc, log)
+        ef_sets, ef_masks, ef_proto, ef_show = efp_['sets'], efp_['masks'], efp_['proto'], efp_['show']
         ef_results, ef_per, ef_preds = [], {}, {}
-        log(f"[glasses claim] eye-frame holes on {len(sets['eyeglasses'])} faces with eyeglasses: {ef_masks}")
     plans = {}   # run folder -> steps still to train (stage-1 runs shared by several rows count once)
     for e in exps:
         for st, (folder, left, _) in plan_experiment(e, prof, faces, runs, device, log=log).items(): plans[folder] = left
@@ -148,21 +194,9 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
             if ef and e.table == 'seeds' and (efp := res_dir / f'{e.name}-{k}-{ef_proto}.csv').exists():
                 ef_results.append(pd.read_csv(efp).assign(table=e.table, row=e.row)); ef_per[e.name] = _per_image_path(efp)
     if peers:
-        for name in prof.peers:
-            t1 = time.time(); rp = res_dir / f'peer_{name}-{proto}.csv'
-            res, cached = _cached_eval(rp, lambda per: summarise(
-                per, f'peer_{name}', 'peer', prof.train.seed, stage='peer', size=size, profile=prof.name),
-                per_image=lambda: evaluate(lambda im, m: inpaint_peer(name, im, m), sets, masks, prof.families, perc,
-                                           prof.eval_batch, progress=progress))
-            results.append(res.assign(table='peers', row=name)); per_paths[f'peer_{name}'] = _per_image_path(rp)
-            if ef:
-                fn = lambda im, m: inpaint_peer(name, im, m); efp = res_dir / f'peer_{name}-{ef_proto}.csv'
-                r, _ = _cached_eval(efp, lambda per: summarise(per, f'peer_{name}', 'peer', prof.train.seed, stage='peer',
-                                                              size=size, profile=prof.name),
-                                    per_image=lambda: evaluate(fn, ef_sets, ef_masks, ('eyeframe',), perc, prof.eval_batch))
-                ef_results.append(r.assign(table='peers', row=name)); ef_per[f'peer_{name}'] = _per_image_path(efp)
-                if name in GLASSES_CLAIM_PEERS: ef_preds[name] = fn(ef_sets['eyeglasses'][:len(ef_show)], ef_show)
-            log(f"[peer] {name}: {'from cache' if cached else 'evaluated'} ({time.time() - t1:.0f} s)")
+        pr = _score_peers(prof, sets, masks, perc, proto, res_dir, efp_ if ef else None, progress, log)
+        results += pr['results']; per_paths.update(pr['per'])
+        if ef: ef_results += pr['ef_results']; ef_per.update(pr['ef_per']); ef_preds.update(pr['ef_preds'])
     order = {e.name: i for i, e in enumerate(pool)} | {'t6_row9_coarse': pool.index(TABLE6[-1]) + 0.5}
     results.sort(key=lambda r: order.get(r.experiment.iloc[0], len(order)))   # one order whichever tables this run trained
     allres = pd.concat(results, ignore_index=True)
@@ -418,19 +452,21 @@ def main(argv=None):
 
 # %% ../nbs/17_reproduce.ipynb #64de20c9
 GPU_COMMAND = ('PYTHONPATH=.:{pack}/site TWOSTAGE_WEIGHTS={pack}/weights python3 -c "from twostage.reproduce import main; main()" '
-               '--profile {profile} --data {pack}/faces --device cuda')
+               '--profile {profile} --data {pack}/faces --runs {pack}/runs --device cuda')
 
 def pack_for_gpu(out='runs/gpu_pack',      # folder to write (under runs/, which git ignores)
                  data=None,                # the faces (default: $TWOSTAGE_DATA or the bundled CelebA crops)
-                 profile: str = 'release_gpu',
+                 profile: str | Profile = 'release_gpu',
                  max_mb: float = 36.,      # for the face images: with the repository (13 MiB) and the rest (10 MiB), within a 64 MiB transfer
+                 peers: bool = True,       # score the classical peers here (CPU methods, minutes) into the pack's runs/, for the GPU run's cache
+                 progress: bool = True,
                 ) -> dict:
     "Faces, a small perceptual trunk and the ST-LPIPS package in one folder, for `make release-gpu` on a machine without them."
     import shutil
     from twostage.core import UserError
     from twostage.data import pack_faces
     from twostage.weights import save_trunk_prefix, stlpips_dir, BUNDLED_FILES
-    out, prof = Path(out), get_profile(profile)
+    out, prof = Path(out), get_profile(profile) if isinstance(profile, str) else profile
     rec = {'faces': pack_faces(prof.faces(data), out / 'faces', max_mb=max_mb)}
     layers = prof.loss_cfg(EXPERIMENTS['t6_row9']).vgg_layers   # the layers the release model's losses use
     rec['trunk'] = str(save_trunk_prefix('vgg16', layers, out / 'weights'))
@@ -439,7 +475,8 @@ def pack_for_gpu(out='runs/gpu_pack',      # folder to write (under runs/, which
     skip = shutil.ignore_patterns('__pycache__', '*.pyc', BUNDLED_FILES['vgg16'])
     shutil.copytree(src, out / 'site' / src.name, ignore=skip)
     for d in src.parent.glob('stlpips_pytorch-*.dist-info'): shutil.copytree(d, out / 'site' / d.name, ignore=skip)  # licence, version
-    cmd = GPU_COMMAND.format(pack=out.as_posix(), profile=profile)
+    if peers: rec['peers'] = str(score_peers(prof, data=out / 'faces', runs=out / 'runs', progress=progress))   # the pack's own faces
+    cmd = GPU_COMMAND.format(pack=out.as_posix(), profile=prof.name)
     (out / 'run.sh').write_text(f"# run from the repository's root on the GPU machine (`make release-gpu`); it rewrites twostage/assets/ there\n{cmd}\n")
     rec['mib'] = round(sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 2**20, 1)
     rec['command'] = cmd
