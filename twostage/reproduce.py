@@ -139,8 +139,8 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     # the glasses claim: eye-frame holes (part of the frames stays visible) on the faces with eyeglasses only
     ef = glasses_claim and 'eyeglasses' in sets and any(e.table == 'table6' for e in exps)
     if ef:
-        efp_ = _eyeframe_protocol(prof, sets, out_root, perc, log)
-        ef_sets, ef_masks, ef_proto, ef_show = efp_['sets'], efp_['masks'], efp_['proto'], efp_['show']
+        eyeframe = _eyeframe_protocol(prof, sets, out_root, perc, log)
+        ef_sets, ef_masks, ef_proto, ef_show = (eyeframe[k] for k in ('sets', 'masks', 'proto', 'show'))
         ef_results, ef_per, ef_preds = [], {}, {}
     plans = {}   # run folder -> steps still to train (stage-1 runs shared by several rows count once)
     for e in exps:
@@ -194,7 +194,7 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
             if ef and e.table == 'seeds' and (efp := res_dir / f'{e.name}-{k}-{ef_proto}.csv').exists():
                 ef_results.append(pd.read_csv(efp).assign(table=e.table, row=e.row)); ef_per[e.name] = _per_image_path(efp)
     if peers:
-        pr = _score_peers(prof, sets, masks, perc, proto, res_dir, efp_ if ef else None, progress, log)
+        pr = _score_peers(prof, sets, masks, perc, proto, res_dir, eyeframe if ef else None, progress, log)
         results += pr['results']; per_paths.update(pr['per'])
         if ef: ef_results += pr['ef_results']; ef_per.update(pr['ef_per']); ef_preds.update(pr['ef_preds'])
     order = {e.name: i for i, e in enumerate(pool)} | {'t6_row9_coarse': pool.index(TABLE6[-1]) + 0.5}

@@ -4,6 +4,7 @@
 
 # %% ../../nbs/04_models.coarse.ipynb #93b85c11
 from __future__ import annotations
+import functools
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -53,6 +54,10 @@ BIHARMONIC_SOLVERS = ('cg', 'jacobi')
 
 _LAPLACE = ((0., 1., 0.), (1., -4., 1.), (0., 1., 0.))
 
+@functools.lru_cache(maxsize=None)
+def _laplace_kernel(device, dtype):   # built once per device: a fill calls `_laplacian` hundreds of times
+    return torch.tensor(_LAPLACE, device=device, dtype=dtype).view(1, 1, 3, 3)
+
 def _laplacian(y, conv: bool | None = None):
     "The 5-point Laplacian with replicated borders (a symmetric operator, so its square suits conjugate gradients)."
     p = F.pad(y, (1, 1, 1, 1), mode='replicate')
@@ -60,7 +65,7 @@ def _laplacian(y, conv: bool | None = None):
     if not conv:   # shifted slices: the faster on CPUs (a 1-channel convolution there takes twice as long)
         return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:] - 4 * y
     B, C, H, W = y.shape   # on a GPU one small convolution: two kernel launches instead of seven, per call
-    return F.conv2d(p.reshape(B * C, 1, H + 2, W + 2), p.new_tensor(_LAPLACE).view(1, 1, 3, 3)).view(B, C, H, W)
+    return F.conv2d(p.reshape(B * C, 1, H + 2, W + 2), _laplace_kernel(p.device, p.dtype)).view(B, C, H, W)
 
 def _biharmonic_cg(y, hole, iters):
     "`iters` conjugate-gradient steps on the biharmonic equation in the holes (`hole` = 1), the known pixels of `y` fixed."
