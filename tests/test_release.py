@@ -29,6 +29,20 @@ def test_shipped_files_match_their_record():
     json.loads(w.read_bytes()[8:8 + n])
 
 
+def test_shipped_blend_is_the_recorded_one():
+    "The record's edge blend (chosen on validation faces) is attached on load, changes hole pixels only, and can be left off."
+    rec = read_release_record()
+    if not rec.get('blend'): pytest.skip('this release has no edge blend')
+    assert 'validation' in rec['blend']['chosen_on']
+    model, _ = load_release(device='cpu'); plain, _ = load_release(device='cpu', blend=False)
+    assert model.blend.to_dict() == rec['blend']['params'] and plain.blend is None
+    torch.manual_seed(0)
+    img = torch.rand(2, 3, 128, 128) * 2 - 1; mask = torch.zeros(2, 1, 128, 128); mask[:, :, 40:90, 30:100] = 1
+    with torch.no_grad(): a, b = model(img, mask), plain(img, mask)['out']
+    assert torch.equal(a['unblended'], b) and torch.equal(a['out'] * (1 - mask), img * (1 - mask))
+    assert not torch.equal(a['out'], b) or rec['blend']['params']['near'] == rec['blend']['params']['far'] == 0
+
+
 def test_inference_imports_no_training_code():
     code = ("import sys; from twostage.release import load_release; m, r = load_release();"
             "import twostage.inpaint;"
@@ -57,3 +71,25 @@ def test_inpaints_real_faces_better_than_mean_fill():
     mean_fill = composite(mean.expand_as(img), img, mask)
     err = lambda x: float(((x - img).abs() * mask).sum() / (mask.sum() * 3))
     assert err(out) < 0.8 * err(mean_fill), (err(out), err(mean_fill))
+
+
+def test_inpaint_cli_shipped_model_with_and_without_blend(tmp_path, capsys):
+    "twostage-inpaint with no --checkpoint says it uses the shipped model and its blend; --no-blend runs the network alone."
+    from PIL import Image
+    from twostage.commands import inpaint_main
+    rng = np.random.default_rng(0)
+    img, mask = tmp_path / 'photo.png', tmp_path / 'mask.png'
+    Image.fromarray(rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)).save(img)
+    m = np.zeros((160, 160), np.uint8); m[40:110, 50:120] = 255; Image.fromarray(m).save(mask)
+    outs = {}
+    for flag in ([], ['--no-blend']):
+        out = tmp_path / f'out{len(flag)}.png'
+        inpaint_main(['--image', str(img), '--mask', str(mask), '--out', str(out), '--device', 'cpu'] + flag)
+        err = capsys.readouterr().err
+        assert 'shipped release model' in err
+        assert ('edge blend' in err) == (not flag and bool(read_release_record().get('blend'))), err
+        outs[len(flag)] = np.asarray(Image.open(out))
+        assert (outs[len(flag)][m == 0] == np.asarray(Image.open(img))[m == 0]).all()
+    if read_release_record().get('blend'): assert (outs[0] != outs[1]).any()
+    with pytest.raises(SystemExit): inpaint_main(['--checkpoint', str(tmp_path / 'x.pt'), '--no-blend', '--image', str(img),
+                                                 '--mask', str(mask), '--out', str(tmp_path / 'o.png')])

@@ -37,7 +37,7 @@ def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
         from twostage.reproduce import reproduce
         gpu = get_profile('release_gpu')   # its protocol shrunk as above; batch 4 and fp32 (no timed check) to keep CI short
         prof = replace(gpu, step_cap=2, n_test=4, n_glasses=2, families=('medium',), peers=('mean_fill',), eval_batch=4,
-                       train=replace(gpu.train, batch_size=4, n_val=4))
+                       train=replace(gpu.train, batch_size=4, n_val=4), blend_val=4)
         reproduce(prof, data={str(pack / 'faces')!r}, runs={str(pack / 'runs')!r}, figures={str(tmp_path / 'figs')!r},
                   experiments=['t6_row9'], make_figures=False, progress=False, precision='fp32', release_to={str(tmp_path / 'rel')!r})
     """)
@@ -48,3 +48,8 @@ def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
     card = json.loads((tmp_path / 'rel' / 'release128.json').read_text())['card']
     assert card['profile'] == 'release_gpu', card.get('profile')
     assert (tmp_path / 'rel' / 'release128.safetensors').exists()
+    # the edge blend: chosen on 4 validation faces, recorded, and the card's model scores are the blended output's
+    rel = json.loads((tmp_path / 'rel' / 'release128.json').read_text())
+    assert rel['blend']['chosen_on'].startswith('4 validation faces') and '[blend] EdgeBlend(' in r.stdout, r.stdout[-1500:]
+    assert set(card['scores']['all']['medium']) >= {'twostage', 'twostage_network', 'mean_fill'}
+    assert (tmp_path / 'figs' / 'blend_release_gpu.csv').exists()

@@ -41,6 +41,7 @@ def inpaint_main(argv=None):
     p.add_argument('--overwrite', action='store_true', help='replace existing results (inputs are never overwritten)')
     p.add_argument('--pair', default='name', choices=['name', 'order'], help='pair folder files by stem or sorted order')
     p.add_argument('--stage', default='both', choices=['both', 'coarse'])
+    p.add_argument('--no-blend', action='store_true', help="the shipped model without its edge blend: the network's output alone")
     p.add_argument('--size', type=int, help="model input side (default: the checkpoint's training size)")
     p.add_argument('--invert-mask', default='check', choices=['check', 'yes', 'no', 'auto'],
                    help='check: refuse masks >90%% hole (they look inverted); yes: invert; no: never; auto: invert when they look inverted')
@@ -62,7 +63,8 @@ def inpaint_main(argv=None):
     if a.experiment:
         from twostage import experiments as X
         mcfg = X.get_profile(a.profile).model_cfg(X.get_experiment(a.experiment))
-    model, ck = load_inpainter(_resolve_checkpoint(a), device=a.device, model_cfg=mcfg)
+    if a.no_blend and a.checkpoint: p.error('--no-blend is for the shipped model; a --checkpoint has no blend')
+    model, ck = load_inpainter(_resolve_checkpoint(a), device=a.device, model_cfg=mcfg, blend=not a.no_blend)
     model = _backend(model, a)
     kw = dict(stage=a.stage, size=a.size, invert=invert)
     if a.image:

@@ -174,6 +174,7 @@ class Profile:
     min_side: int = 0               # keep only faces whose stored image is at least this many pixels on its short side
     step_cap: int = 0               # at most this many steps per stage, whatever a row asks (0: no cap; `smoke` tests mechanics)
     loss_fields: tuple = ()         # (name, value) pairs of LossCfg fields this profile sets for every row, its loss recipe (no row may ablate them)
+    blend_val: int = 128            # a release profile: validation faces per mask family on which it chooses its edge blend
 
     def model_cfg(self, exp: Experiment) -> ModelCfg:
         "The experiment's module switches at this profile's sizes (and recipe fields)."

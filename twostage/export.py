@@ -111,7 +111,8 @@ def export_onnx(model: nn.Module,          # a `TwoStage` generator (float32; an
         for m, t in modes.items(): m.training = t
     meta = {'format': 'twostage-generator', 'version': __version__, 'size': str(size), 'stage': stage,
             'dynamic_size': str(bool(dynamic_size)).lower(), 'multiple': str(k), 'opset': str(opset),
-            'exporter': 'torch.onnx (TorchScript) ' + torch.__version__, 'model_cfg': cfg}
+            'exporter': 'torch.onnx (TorchScript) ' + torch.__version__, 'model_cfg': cfg,
+            'blend': json.dumps(model.blend.to_dict()) if getattr(model, 'blend', None) is not None and stage == 'both' else ''}
     onnx.helper.set_model_props(proto, {META_PREFIX + n: v for n, v in meta.items()})
     inp = OnnxInpainter(proto.SerializeToString())
     checked = {}

@@ -152,6 +152,7 @@ def fig_claims(c: pd.DataFrame,          # a `twostage.tables.claims` table
 # %% ../nbs/19_figures.ipynb #313c3ba8
 def write_figures(results: pd.DataFrame, profile, ckpts: dict, sets: dict, masks, out, device=None,
                   row_labels: dict | None = None, # Table 6 row -> label in the legends (e.g. '9' -> '9: full model')
+                  blend: dict | None = None, # the release's edge blend (`EdgeBlend` arguments): the qualitative grids show its output
                  ) -> dict:
     "Write every figure of a reproduce run into `out`; returns name -> path."
     from twostage.runs import load_model
@@ -164,16 +165,20 @@ def write_figures(results: pd.DataFrame, profile, ckpts: dict, sets: dict, masks
     full = ckpts.get('t6_row9')
     if full:
         model, _ = load_model(full['fine'], device='cpu')
+        if blend:
+            from twostage.models.blend import EdgeBlend
+            model.blend = EdgeBlend(**blend)
+        what = 'full model + edge blend' if blend else 'full model'
         man, allm = load_eval_masks(masks)
         fams = list(profile.families); n = len(fams)
         idx = [int(np.flatnonzero(man.family.values == f)[i]) for i, f in enumerate(fams)]
         w['qualitative'] = save_figure(fig_qualitative(model, sets['all'][:n], allm[idx].float(), fams,
-                                                       'full model, one face per mask family'), 'qualitative', out)
+                                                       f'{what}, one face per mask family'), 'qualitative', out)
         if 'eyeglasses' in sets and len(sets['eyeglasses']):
             k = min(4, len(sets['eyeglasses'])); eb = np.flatnonzero(man.family.values == 'eyeband')
             mk = allm[eb[:k]] if len(eb) >= k else allm[:k]
             w['qualitative_glasses'] = save_figure(fig_qualitative(model, sets['eyeglasses'][:k], mk.float(),
-                                                   ['eyeband'] * k, 'faces with eyeglasses'), 'qualitative_glasses', out)
+                                                   ['eyeband'] * k, f'{what}, faces with eyeglasses'), 'qualitative_glasses', out)
         try: w['attention_maps'] = save_figure(fig_attention_maps(model, sets['all'][:1], allm[idx[:1]].float()), 'attention_maps', out)
         except ValueError: pass
         logs = {'stage 1 (coarse)': Path(full['coarse']).parent / 'losses.csv', 'stage 2 (fine)': Path(full['fine']).parent / 'losses.csv'}

@@ -157,12 +157,13 @@ RELEASE = 'release'   # `load_inpainter(RELEASE)` (or None): the shipped 128 px 
 def load_inpainter(path=None,          # a checkpoint written by the trainer (last.pt / best.pt); None or 'release': the shipped weights
                    device=None,        # 'cpu', 'cuda', ... (default: twostage.core.get_device)
                    model_cfg=None,     # a ModelCfg the checkpoint must match (e.g. from --experiment/--profile)
+                   blend: bool = True, # the shipped weights: with their edge blend (`twostage.models.blend`); False: the network alone
                   ):
     "Load a checkpoint for inference; the model carries `train_size` and `trained_stage`."
     check_device(device)
     if path is None or str(path) == RELEASE:
         from twostage.release import load_release
-        model, rec = load_release(device=device)
+        model, rec = load_release(device=device, blend=blend)
         if model_cfg is not None and model_cfg.to_dict() != rec['model_cfg']:
             raise ValueError("the shipped release model is not the requested experiment's configuration")
         model.train_size, model.trained_stage = int(rec['size']), 'fine'
@@ -331,8 +332,9 @@ def _resolve_checkpoint(a):
     "The checkpoint to load for parsed arguments `a`: `--checkpoint`, else the shipped release weights (said on stderr)."
     if a.checkpoint: return Path(a.checkpoint)
     from twostage.release import release_paths
+    blend = '' if getattr(a, 'no_blend', False) else ', with its edge blend'
     print(f"twostage-inpaint: no --checkpoint given: using the shipped release model ({release_paths()[0].name}, "
-          "128 px, see the model card in the README)", file=sys.stderr)
+          f"128 px{blend}, see the model card in the README)", file=sys.stderr)
     return RELEASE
 
 def _backend(model, a):

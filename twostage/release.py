@@ -7,12 +7,15 @@ from __future__ import annotations
 import json, hashlib
 from pathlib import Path
 import torch
+import pandas as pd
 from .core import get_device, atomic_write, UserError
 from .models.twostage import ModelCfg, build_model
+from .models.blend import EdgeBlend
 from .runs import read_checkpoint
 
 # %% auto #0
-__all__ = ['RELEASE_DIR', 'RELEASE_NAME', 'sha256_file', 'release_paths', 'export_release', 'read_release_record', 'load_release']
+__all__ = ['RELEASE_DIR', 'RELEASE_NAME', 'BLEND_GRID', 'BLEND_UNITS', 'sha256_file', 'release_paths', 'export_release',
+           'read_release_record', 'load_release', 'tune_blend']
 
 # %% ../nbs/23_release.ipynb #c0e27092
 RELEASE_DIR = Path(__file__).resolve().parent / 'assets' if '__file__' in globals() else Path('../twostage/assets')
@@ -35,6 +38,7 @@ def export_release(checkpoint,          # a stage-2 checkpoint written by the tr
                    name: str = RELEASE_NAME,
                    folder=None,         # default: the package's assets folder
                    card: dict | None = None, # the model card: data, steps, time, machine, recipe, scores
+                   blend: dict | None = None, # the edge blend of its output (`tune_blend`'s choice: 'params', how it was chosen)
                   ) -> dict:
     "Write the generator of `checkpoint` as `<name>.safetensors` + `<name>.json`; returns the record."
     from safetensors.torch import save_file
@@ -42,6 +46,7 @@ def export_release(checkpoint,          # a stage-2 checkpoint written by the tr
     if ck.get('stage') not in ('fine', 'joint'):
         raise UserError(f"{checkpoint} is a stage-{1 if ck.get('stage') == 'coarse' else '?'} checkpoint; "
                         "a release needs both stages trained (a stage-2 last.pt)")
+    if blend is not None: EdgeBlend(**blend['params'])   # refuse a blend that cannot be built before writing anything
     cfg = ModelCfg.from_dict(ck['model_cfg'])
     build_model(cfg).load_state_dict(ck['model'])   # refuse a checkpoint that does not fit its own configuration
     state = {k: v.detach().float().contiguous() for k, v in ck['model'].items()}
@@ -51,7 +56,7 @@ def export_release(checkpoint,          # a stage-2 checkpoint written by the tr
     rec = {'name': name, 'file': w.name, 'sha256': sha256_file(w), 'bytes': w.stat().st_size,
            'model_cfg': cfg.to_dict(), 'size': ck['train_cfg']['size'], 'train_cfg': ck['train_cfg'],
            'loss_cfg': ck.get('loss_cfg', {}), 'precision_choice': ck.get('precision_choice', {}),
-           'code_version': ck.get('code_version', ''), 'card': card or {}}
+           'code_version': ck.get('code_version', ''), 'blend': blend, 'card': card or {}}
     atomic_write(r, lambda p: Path(p).write_text(json.dumps(rec, indent=1)))
     return rec
 
@@ -64,7 +69,9 @@ def read_release_record(name: str = RELEASE_NAME, folder=None) -> dict:
                                 "repository, retrain them with `make release`, or pass --checkpoint")
     return json.loads(r.read_text())
 
-def load_release(name: str = RELEASE_NAME, folder=None, device=None, check_sha256: bool = True) -> tuple:
+def load_release(name: str = RELEASE_NAME, folder=None, device=None, check_sha256: bool = True,
+                 blend: bool = True, # attach the record's edge blend (`EdgeBlend`), if it has one; False: the network's output alone
+                ) -> tuple:
     "(TwoStage model in eval mode, record) of a released model; the file must match its recorded sha256."
     from safetensors.torch import load_file
     rec = read_release_record(name, folder)
@@ -74,4 +81,61 @@ def load_release(name: str = RELEASE_NAME, folder=None, device=None, check_sha25
                         "damaged or was replaced; restore it (git checkout) or retrain with `make release`")
     model = build_model(ModelCfg.from_dict(rec['model_cfg']))
     model.load_state_dict(load_file(str(w)))
+    if blend and rec.get('blend'): model.blend = EdgeBlend(**rec['blend']['params'])
     return model.to(get_device(device)).eval(), rec
+
+# %% ../nbs/23_release.ipynb #3aef6a67
+BLEND_GRID = ((0.0, 0.0, 1.0), (1.0, 0.0, 4.0), (1.0, 0.0, 8.0), (0.9, 0.0, 8.0), (1.0, 0.25, 2.0), (1.0, 0.25, 4.0),
+              (1.0, 0.5, 2.0), (1.0, 0.5, 4.0))   # (near, far, tau); the first is no blend
+BLEND_UNITS = {'psnr': 1.0, 'ssim': 0.01}          # margins in these units (a perceptual distance: 0.01) for the tie-break
+
+@torch.no_grad()
+def tune_blend(model,               # a TwoStage generator (no blend attached), eval mode
+               images: torch.Tensor, # N x 3 x S x S validation faces in [-1, 1] (never the test faces)
+               families=('thin', 'medium', 'thick', 'freeform', 'center', 'eyeband'),
+               perceptual=None,     # a perceptual metric (`twostage.metrics.build_perceptual_metric`), or None
+               peers=('biharmonic', 'telea', 'navier_stokes'),
+               grid=BLEND_GRID,     # candidate (near, far, tau)
+               seed: int = 1,       # mask seed (the evaluation masks use the profile's seed, 0)
+               batch_size: int = 32, device=None, progress: bool = False) -> tuple:
+    "(choice: {'params', 'chosen_on', 'wins', 'shortfall'}, scores: one row per candidate or peer, family and metric)."
+    from twostage.masks import make_mask, mask_rng
+    from twostage.peers import inpaint_peer
+    from twostage.metrics import psnr, ssim
+    from twostage.core import composite
+    if model.blend is not None: raise ValueError("tune_blend needs the network's own output: set model.blend = None first")
+    if not peers: raise ValueError("tune_blend needs at least one peer to compare the candidates with")
+    dev = next(model.parameters()).device if device is None else torch.device(device)
+    S, rows = images.shape[-1], []
+    def score(name, fam, out, img):
+        m = {'psnr': psnr(out, img), 'ssim': ssim(out, img)}
+        if perceptual is not None: m[perceptual.name] = perceptual(out, img).numpy()
+        rows.extend({'method': name, 'family': fam, 'metric': k, 'value': float(v.mean()), 'n': len(img)} for k, v in m.items())
+    for fam in families:
+        masks = torch.stack([torch.from_numpy(make_mask(fam, S, mask_rng(seed, fam, i))) for i in range(len(images))])[:, None].float()
+        outs = torch.cat([model(images[b:b + batch_size].to(dev), masks[b:b + batch_size].to(dev))['out'].float().cpu()
+                          for b in range(0, len(images), batch_size)])
+        fill = inpaint_peer('biharmonic', images, masks) if 'biharmonic' in peers else None
+        for p in peers: score(f'peer_{p}', fam, fill if p == 'biharmonic' else inpaint_peer(p, images, masks), images)
+        for near, far, tau in grid:
+            bl = EdgeBlend(near, far, tau)
+            score(_blend_name(near, far, tau), fam, bl(outs, images, masks, fill=fill).clamp(-1, 1), images)
+        if progress: print(f"[blend] {fam}: {len(images)} validation faces scored", flush=True)
+    df = pd.DataFrame(rows)
+    wide = df.pivot_table(index=['family', 'metric'], columns='method', values='value')
+    cands = [_blend_name(*g) for g in grid]; pcols = [f'peer_{p}' for p in peers]
+    lower = wide.index.get_level_values('metric').str.contains('lpips')
+    best = wide[pcols].max(axis=1).where(~lower, wide[pcols].min(axis=1))
+    marg = wide[cands].sub(best, axis=0); marg[lower] = -marg[lower]   # positive: the blended model is better
+    marg = marg.div([BLEND_UNITS.get(k, 0.01) for k in wide.index.get_level_values('metric')], axis=0)
+    wins, short = (marg > 0).sum(), marg.clip(upper=0).sum()
+    pick = max(range(len(grid)), key=lambda i: (wins.iloc[i], short.iloc[i]))
+    near, far, tau = grid[pick]
+    choice = {'params': EdgeBlend(near, far, tau).to_dict(), 'wins': int(wins.iloc[pick]), 'of': int(len(marg)),
+              'shortfall': round(float(short.iloc[pick]), 3), 'peers': list(peers),
+              'chosen_on': f'{len(images)} validation faces x {len(families)} mask families (mask seed {seed})'}
+    df['wins'] = df.method.map(dict(zip(cands, wins.tolist()))); df['shortfall'] = df.method.map(dict(zip(cands, short.round(3).tolist())))
+    return choice, df
+
+def _blend_name(near, far, tau) -> str: return 'no blend' if near == far == 0 else f'blend near={near:g} far={far:g} tau={tau:g}'
+

@@ -23,6 +23,7 @@ from .metrics import build_perceptual_metric
 from .peers import inpaint_peer
 from .runs import load_model, read_record
 from .experiments import EXPERIMENTS
+from .models.blend import EdgeBlend
 
 T6_LABELS = {i: m for i, (m, _) in TABLE6_ROWS.items()}   # Table 6 row -> its module set, for tables and figures
 
@@ -44,6 +45,28 @@ def _cached_eval(path: Path, make, per_image=None):
     res = make_(); atomic_write(path, lambda p: res.to_csv(p, index=False)); return res, False
 
 def _per_image_path(path: Path) -> Path: return path.with_name(path.stem + '.per_image.csv')
+
+def _release_blend(model, prof: Profile, faces, res_dir: Path, figs: Path, key: str, perc, device=None, log=print) -> tuple:
+    "(choice, table path): the edge blend of a release run, chosen on its validation faces (`twostage.release.tune_blend`), cached."
+    from twostage.release import tune_blend, BLEND_GRID
+    n = min(prof.blend_val, len(faces.val))
+    if not n: raise ValueError("a release run chooses its edge blend on validation faces, and this data has none")
+    peers = ('biharmonic', 'telea', 'navier_stokes')   # the goal's peers, whichever the profile's tables show
+    cache = res_dir / f'blend-{key}-{stable_hash([list(prof.families), [list(g) for g in BLEND_GRID], n, list(peers), perc.name if perc else None])}.json'
+    cached = cache.exists()
+    if cached:
+        rec = json.loads(cache.read_text()); choice, scores = rec['choice'], pd.DataFrame(rec['scores'])
+    else:
+        t0 = time.time()
+        choice, scores = tune_blend(model, load_images(faces.val.iloc[:n], prof.train.size), prof.families, perc, peers,
+                                    seed=prof.train.seed + 1, batch_size=prof.eval_batch, device=device)
+        choice['seconds'] = round(time.time() - t0, 1)
+        atomic_write(cache, lambda f: Path(f).write_text(json.dumps({'choice': choice, 'scores': scores.to_dict('records')}, indent=1)))
+    out = atomic_write(figs / f'blend_{prof.name}.csv', lambda f: scores.to_csv(f, index=False))
+    how = 'from cache' if cached else f"{choice['seconds']:.0f} s"
+    log(f"[blend] {EdgeBlend(**choice['params'])} chosen on {choice['chosen_on']}: ahead of the best peer on "
+        f"{choice['wins']} of {choice['of']} (family, metric) pairs there ({how})")
+    return choice, out
 
 GLASSES_CLAIM_ROWS = ('t6_row9', 't6_row7', 't6_row6', 't6_row1')   # shown in the eye-frame figure, with two peers
 GLASSES_CLAIM_PEERS = ('biharmonic', 'telea')
@@ -153,7 +176,7 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
         f"{sum(plans.values())} steps in all; {machine['device']} ({machine['cpu_capability']}, {machine['threads']} threads), "
         f"precision {machine['precision']['precision']}{' + channels_last' if machine['precision']['channels_last'] else ''}")
     eta = EtaMeter(sum(plans.values()), log=log)
-    res_dir = out_root / 'results'; results, timing, ckpts, per_paths = [], [], {}, {}
+    res_dir = out_root / 'results'; results, timing, ckpts, per_paths, written, blend = [], [], {}, {}, {}, None
     for i, exp in enumerate(exps):
         t1 = time.time()
         log(f"[{i + 1}/{len(exps)}] {exp.name} ({exp.table} row {exp.row}: {exp.modules})")
@@ -175,6 +198,17 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
                                 per_image=lambda: evaluate(model_fn(model, 'coarse', device), sets, masks, prof.families, perc,
                                                            prof.eval_batch, progress=progress))
             results.append(r.assign(table='stage_gain', row='9 (stage 1 only)')); per_paths['t6_row9_coarse'] = _per_image_path(rc)
+        if exp.name == 't6_row9' and 'fine' in ck and prof.name in RELEASE_PROFILES:   # the shipped output: the edge blend
+            blend, bp = _release_blend(model, prof, faces, res_dir, figs, key, perc, device, log)
+            model.blend = EdgeBlend(**blend['params'])
+            rb = res_dir / f't6_row9_blend-{key}-{stable_hash(blend["params"])}-{proto}.csv'
+            r, _ = _cached_eval(rb, lambda per: summarise(per, 't6_row9_blend', key, prof.train.seed, stage='both', size=size,
+                                                         profile=prof.name),
+                                per_image=lambda: evaluate(model_fn(model, 'both', device), sets, masks, prof.families, perc,
+                                                           prof.eval_batch, progress=progress))
+            model.blend = None   # every other result of this run is the network's own output
+            results.append(r.assign(table='release_blend', row='9 + edge blend')); per_paths['t6_row9_blend'] = _per_image_path(rb)
+            written['blend'] = bp
         if ef and exp.table in ('table6', 'seeds'):   # seed repeats too: the training noise on these holes
             fn = model_fn(model, exp.eval_stage, device); efp = res_dir / f'{exp.name}-{key}-{ef_proto}.csv'
             r, _ = _cached_eval(efp, lambda per: summarise(per, exp.name, key, prof.train.seed, stage=exp.eval_stage, size=size,
@@ -197,12 +231,12 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
         pr = _score_peers(prof, sets, masks, perc, proto, res_dir, eyeframe if ef else None, progress, log)
         results += pr['results']; per_paths.update(pr['per'])
         if ef: ef_results += pr['ef_results']; ef_per.update(pr['ef_per']); ef_preds.update(pr['ef_preds'])
-    order = {e.name: i for i, e in enumerate(pool)} | {'t6_row9_coarse': pool.index(TABLE6[-1]) + 0.5}
+    order = {e.name: i for i, e in enumerate(pool)} | {'t6_row9_coarse': pool.index(TABLE6[-1]) + 0.5, 't6_row9_blend': pool.index(TABLE6[-1]) + 0.6}
     results.sort(key=lambda r: order.get(r.experiment.iloc[0], len(order)))   # one order whichever tables this run trained
     allres = pd.concat(results, ignore_index=True)
     res_path = atomic_write(figs / f'results_{prof.name}.csv', lambda p: allres.to_csv(p, index=False))
     log(f"[results] {res_path} ({len(allres)} rows)")
-    written = {'results': res_path}
+    written = {'results': res_path, **written}
     from twostage.tables import write_tables
     written.update(write_tables(allres, figs, profile=prof.name, modules=T6_LABELS,
                                 stage1_steps=prof.stage1_steps or prof.train.steps_coarse))
@@ -218,13 +252,14 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     if make_figures:
         from twostage.figures import write_figures
         figs_written = write_figures(allres[~allres.table.isin(list(optional))], prof, ckpts=ckpts, sets=sets, masks=masks, out=figs, device=device,
-                                     row_labels={str(i): f'{i}: {m}' for i, m in T6_LABELS.items()})
+                                     row_labels={str(i): f'{i}: {m}' for i, m in T6_LABELS.items()},
+                                     blend=blend['params'] if blend else None)
         for k, v in figs_written.items(): log(f"[figure] {v}")
         written.update(figs_written)
     if release_to is not None and 't6_row9' in ckpts and 'fine' in ckpts['t6_row9']:
         from twostage.release import export_release, RELEASE_NAME
-        card = release_card(allres, prof, ckpts['t6_row9'], faces, machine)
-        rec = export_release(ckpts['t6_row9']['fine'], RELEASE_NAME, release_to or None, card=card)
+        card = release_card(allres, prof, ckpts['t6_row9'], faces, machine, full='t6_row9_blend' if blend else 't6_row9')
+        rec = export_release(ckpts['t6_row9']['fine'], RELEASE_NAME, release_to or None, card=card, blend=blend)
         log(f"[release] {rec['file']} ({rec['bytes'] / 1e6:.1f} MB, sha256 {rec['sha256'][:16]}...) with its model card")
         written['release'] = rec['file']
         if make_figures and release_to == '':   # the README's demo panel: the shipped weights on a held-out face
@@ -406,14 +441,16 @@ def _run_record(ckpt_path) -> dict:
 
 def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, machine: dict, full: str = 't6_row9') -> dict:
     "The model card of a release run: data, steps, time, machine, recipe, and scores beside the peers (from the results)."
-    tc = profile.train_cfg(EXPERIMENTS[full])   # with the profile's step cap, if any
+    row9 = EXPERIMENTS['t6_row9']   # `full`: the results' name of the shipped output (row 9, or row 9 with its edge blend)
+    tc = profile.train_cfg(row9)   # with the profile's step cap, if any
     secs = {st: round(_train_seconds(Path(p).parent / 'losses.csv'), 1) for st, p in ckpt.items()}
     perc = [m for m in results.metric.unique() if 'lpips' in m]
     r = results[(results.bucket == 'all') & (results.metric.isin(['psnr', 'ssim'] + perc))]
-    r = r[(r.experiment == full) | (r.table == 'peers')]
+    names = {full: 'twostage'} | ({'t6_row9': 'twostage_network'} if full != 't6_row9' else {})   # with a blend: the network alone too
+    r = r[r.experiment.isin(list(names)) | (r.table == 'peers')]
     scores = {}
     for (subset, fam, exp, metric), v in r.groupby(['subset', 'family', 'experiment', 'metric'])['value'].mean().items():
-        scores.setdefault(subset, {}).setdefault(fam, {}).setdefault('twostage' if exp == full else exp.replace('peer_', ''), {})[metric] = round(float(v), 4)
+        scores.setdefault(subset, {}).setdefault(fam, {}).setdefault(names.get(exp, exp.replace('peer_', '')), {})[metric] = round(float(v), 4)
     return {
         'profile': profile.name,
         'data': {'root': str(faces.root), 'train_faces': len(faces.train), 'val_faces': len(faces.val), 'test_faces': len(faces.test),
@@ -421,7 +458,7 @@ def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, mac
         'steps': {'coarse': tc.steps_coarse, 'fine': tc.steps_fine, 'batch_size': tc.batch_size, 'size': tc.size},
         'train_seconds': secs,
         'machine': {'training': {st: _run_record(p) for st, p in ckpt.items()}, 'evaluation': machine},
-        'recipe': {'model': profile.model_cfg(EXPERIMENTS[full]).to_dict(), 'loss': profile.loss_cfg(EXPERIMENTS[full]).to_dict(),
+        'recipe': {'model': profile.model_cfg(row9).to_dict(), 'loss': profile.loss_cfg(row9).to_dict(),
                    'train': {k: v for k, v in tc.to_dict().items() if k not in ('log_every', 'sample_every', 'num_workers')}},
         'protocol': {'families': list(profile.families), 'n_test': profile.n_test, 'n_glasses': profile.n_glasses,
                      'perceptual': perc[0] if perc else None},

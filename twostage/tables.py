@@ -105,15 +105,17 @@ PEER_LABELS = {'biharmonic': 'biharmonic', 'navier_stokes': 'Navier-Stokes', 'te
 
 def family_grid_md(results: pd.DataFrame, subset: str = 'all', full: str = 't6_row9',
                    label: str = 'twostage (full)', # the model's row label
-                   families=('center', 'eyeband', 'thick', 'medium', 'freeform', 'thin')) -> str:
+                   families=('center', 'eyeband', 'thick', 'medium', 'freeform', 'thin'),
+                   also: dict | None = None, # further model rows, experiment -> label (e.g. the network without the release's blend)
+                  ) -> str:
     "The model and the peers, one row each, one column per mask family and pooled: 'PSNR / SSIM / perceptual', the best of each in bold."
     p = perceptual_name(results)
     metrics = ['psnr', 'ssim'] + ([p] if p else [])
     r = results[(results.bucket == 'all') & (results.subset == subset) & results.metric.isin(metrics)
-                & ((results.table == 'peers') | (results.experiment == full))]
+                & ((results.table == 'peers') | results.experiment.isin([full, *(also or {})]))]
     m = r.groupby(['experiment', 'family', 'metric'])['value'].mean().unstack('metric')
     fams = [f for f in families if f in set(r.family)]
-    names = [full] + [f'peer_{q}' for q in PEER_LABELS if f'peer_{q}' in set(r.experiment)]
+    names = [full] + [e for e in (also or {}) if e in set(r.experiment)] + [f'peer_{q}' for q in PEER_LABELS if f'peer_{q}' in set(r.experiment)]
     cols = {f: m.xs(f, level='family') for f in fams}
     cols['pooled'] = m.loc[(slice(None), fams), :].groupby(level='experiment').mean()
     fmt = {'psnr': '{:.2f}', 'ssim': '{:.3f}'}
@@ -125,7 +127,8 @@ def family_grid_md(results: pd.DataFrame, subset: str = 'all', full: str = 't6_r
             out.append(f'**{s}**' if fmt.get(k, '{:.3f}').format(best) == s else s)
         return ' / '.join(out)
     head = ['method'] + [FAMILY_LABELS.get(f, f) for f in fams] + ['pooled']
-    rows = [[label if n == full else PEER_LABELS[n[5:]]] + [cell(cols[f].loc[names], n) for f in fams + ['pooled']] for n in names]
+    labels = {full: label, **(also or {})}
+    rows = [[labels.get(n) or PEER_LABELS[n[5:]]] + [cell(cols[f].loc[names], n) for f in fams + ['pooled']] for n in names]
     return ('| ' + ' | '.join(head) + ' |\n|' + '---|' * len(head) + '\n'
             + ''.join('| ' + ' | '.join(x) + ' |\n' for x in rows))
 
@@ -237,7 +240,9 @@ def write_tables(results: pd.DataFrame, out_dir, profile: str = '',
         written[f'{name}_md'] = atomic_write(out / f'{name}.md', lambda f: Path(f).write_text(''.join(md)))
         t = full[(full.subset == 'all') & (full.family == 'pooled')].drop(columns=['subset', 'family', 'code_version'])
         written[f'{name}_tex'] = atomic_write(out / f'{name}.tex', lambda f: Path(f).write_text(_tex(t, caption)))
-    v = peer_verdicts(results) if (results.table == 'peers').any() and (results.experiment == 't6_row9').any() else pd.DataFrame()
+    # a release run's verdicts are about what it ships: row 9 with its edge blend, where the run chose one
+    full = 't6_row9_blend' if (results.experiment == 't6_row9_blend').any() else 't6_row9'
+    v = peer_verdicts(results, full) if (results.table == 'peers').any() and (results.experiment == full).any() else pd.DataFrame()
     if len(v):
         written['verdicts_csv'] = atomic_write(out / 'verdicts.csv', lambda f: v.to_csv(f, index=False))
         cols = ['subset', 'family'] + [c for c in v.columns if c.startswith('margin_')] + ['won_all']
@@ -245,7 +250,10 @@ def write_tables(results: pd.DataFrame, out_dir, profile: str = '',
               'is better (for the perceptual distance, lower is better).\n\n' + verdict_summary(v) + '\n\n' + _md(v[cols]))
         written['verdicts_md'] = atomic_write(out / 'verdicts.md', lambda f: Path(f).write_text(md))
         label = 'twostage (release)' if profile.startswith('release') else 'twostage (full)'   # the release profiles: release, release_gpu
-        grid = ''.join(f"\n## {subset} test faces\n\n" + family_grid_md(results, subset, label=label) for subset in sorted(v.subset.unique()))
+        also = {'t6_row9': label[:-1] + ', network alone, no blend)'} if full != 't6_row9' else None
+        if also: label = label[:-1] + ' + edge blend)'
+        grid = ''.join(f"\n## {subset} test faces\n\n" + family_grid_md(results, subset, full, label=label, also=also)
+                       for subset in sorted(v.subset.unique()))
         grid = (f"# PSNR / SSIM / {perceptual_name(results)} per mask family, the model beside the classical peers\n\n{note} "
                 "The best of each cell in bold (higher PSNR and SSIM, lower perceptual distance).\n" + grid)
         written['peers_grid_md'] = atomic_write(out / 'peers_by_family.md', lambda f: Path(f).write_text(grid))

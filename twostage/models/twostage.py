@@ -117,9 +117,10 @@ class TwoStage(nn.Module):
     "Coarse U-Net then fine FEM network; forward(image, mask) -> dict masked, coarse, coarse_out, fine, out."
     def __init__(self, coarse: nn.Module, # stage 1: forward(masked, mask) -> B x 3 x H x W
                  fine: nn.Module, # stage 2: forward(composited coarse, mask) -> B x 3 x H x W
+                 blend: nn.Module | None = None, # applied to the final output (stage 'both'): blend(out, image, mask), e.g. `EdgeBlend`
                 ):
         super().__init__()
-        self.coarse, self.fine = coarse, fine
+        self.coarse, self.fine, self.blend = coarse, fine, blend
         self.multiple = math.lcm(getattr(coarse, 'multiple', 1), getattr(fine, 'multiple', 1))
 
     def forward(self, image, # B x 3 x H x W in [-1, 1]
@@ -137,6 +138,8 @@ class TwoStage(nn.Module):
         if stage != 'coarse':
             fine = self.fine(coarse_out.detach() if detach_coarse else coarse_out, mask)
             res.update(fine=fine, out=composite(fine, image, mask))
+        if stage == 'both' and self.blend is not None:   # the released model's edge blend (not the paper's; never in training)
+            res.update(unblended=res['out'], out=self.blend(res['out'], image, mask))
         return res
 
 def build_model(cfg: ModelCfg = PAPER_CFG) -> TwoStage:
