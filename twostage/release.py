@@ -115,8 +115,8 @@ def tune_blend(model,               # a TwoStage generator (no blend attached), 
         masks = torch.stack([torch.from_numpy(make_mask(fam, S, mask_rng(seed, fam, i))) for i in range(len(images))])[:, None].float()
         outs = torch.cat([model(images[b:b + batch_size].to(dev), masks[b:b + batch_size].to(dev))['out'].float().cpu()
                           for b in range(0, len(images), batch_size)])
-        fill = inpaint_peer('biharmonic', images, masks) if 'biharmonic' in peers else None
-        for p in peers: score(f'peer_{p}', fam, fill if p == 'biharmonic' else inpaint_peer(p, images, masks), images)
+        fill = EdgeBlend.fill(images, masks)   # the fill the shipped blend mixes in; the peer 'biharmonic' is scikit-image's
+        for p in peers: score(f'peer_{p}', fam, inpaint_peer(p, images, masks), images)
         for near, far, tau in grid:
             bl = EdgeBlend(near, far, tau)
             score(_blend_name(near, far, tau), fam, bl(outs, images, masks, fill=fill).clamp(-1, 1), images)

@@ -52,7 +52,8 @@ def _release_blend(model, prof: Profile, faces, res_dir: Path, figs: Path, key: 
     n = min(prof.blend_val, len(faces.val))
     if not n: raise ValueError("a release run chooses its edge blend on validation faces, and this data has none")
     peers = ('biharmonic', 'telea', 'navier_stokes')   # the goal's peers, whichever the profile's tables show
-    cache = res_dir / f'blend-{key}-{stable_hash([list(prof.families), [list(g) for g in BLEND_GRID], n, list(peers), perc.name if perc else None])}.json'
+    what = [list(prof.families), [list(g) for g in BLEND_GRID], n, list(peers), perc.name if perc else None, 'cg fill']
+    cache = res_dir / f'blend-{key}-{stable_hash(what)}.json'
     cached = cache.exists()
     if cached:
         rec = json.loads(cache.read_text()); choice, scores = rec['choice'], pd.DataFrame(rec['scores'])

@@ -53,10 +53,15 @@ class EdgeBlend(nn.Module):
                 mask: torch.Tensor,        # B x 1 x H x W, 1 = hole
                 fill: torch.Tensor | None = None, # the biharmonic fill of the holes, if already computed
                ) -> torch.Tensor:
-        if fill is None:
-            with torch.no_grad(): fill = biharmonic_fill(masked_input(image, mask).float().contiguous(), mask.float().contiguous())
+        if fill is None: fill = self.fill(image, mask)
         w = self.weight(mask).to(out.dtype)
         return out + w * (fill.to(out.dtype) - out)
+
+    @staticmethod
+    @torch.no_grad()
+    def fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        "The biharmonic fill the blend mixes in (`twostage.models.coarse.biharmonic_fill`, conjugate gradients), float32."
+        return biharmonic_fill(masked_input(image, mask).float().contiguous(), mask.float().contiguous())
 
     def to_dict(self) -> dict: return {'near': self.near, 'far': self.far, 'tau': self.tau, 'steps': self.steps}
     def extra_repr(self) -> str: return ', '.join(f'{k}={v:g}' for k, v in self.to_dict().items())
