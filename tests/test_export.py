@@ -56,15 +56,17 @@ def test_export_parity_on_a_real_face(name, cfg, face, tmp_path):
 
 
 
-def test_export_with_edge_blend(face, tmp_path):
+def test_export_with_edge_blend(tmp_path):
     "The release's edge blend exports with the generator (fixed erosions, the CG fill): parity, and its arguments in the metadata."
     from twostage.models.blend import EdgeBlend
     import json
     m = seeded_model(TINY_CFG); m.blend = EdgeBlend(near=1.0, far=0.25, tau=2.0)
-    inp = load_onnx(export_onnx(m, tmp_path / 'blend.onnx', 128), threads=1)
+    inp = load_onnx(export_onnx(m, tmp_path / 'blend.onnx', 32), threads=1)   # 32 px: the unrolled CG fill of 128 px takes a minute
     assert json.loads(inp.meta['blend']) == m.blend.to_dict()
-    assert parity(m, inp, *face) <= PARITY_TOL
-    with torch.no_grad(): assert not torch.equal(m(*face)['out'], m(*face)['unblended'])   # the blend is really in the graph
+    pair = probe_pair(32, seed=5)
+    assert parity(m, inp, *pair) <= PARITY_TOL
+    with torch.no_grad(): r = m(*pair)
+    assert not torch.equal(r['out'], r['unblended'])   # the blend is really in the graph
 
 def test_dynamic_batch_and_wrong_size(tmp_path):
     m = seeded_model(TINY_CFG)
