@@ -102,7 +102,6 @@ def tune_blend(model,               # a TwoStage generator (no blend attached), 
     from twostage.masks import make_mask, mask_rng
     from twostage.peers import inpaint_peer
     from twostage.metrics import psnr, ssim
-    from twostage.core import composite
     if model.blend is not None: raise ValueError("tune_blend needs the network's own output: set model.blend = None first")
     if not peers: raise ValueError("tune_blend needs at least one peer to compare the candidates with")
     dev = next(model.parameters()).device if device is None else torch.device(device)

@@ -249,9 +249,9 @@ def write_tables(results: pd.DataFrame, out_dir, profile: str = '',
         md = ('# The full model against the best classical peer, per mask family\n\n' + note + ' Margins: positive = the model '
               'is better (for the perceptual distance, lower is better).\n\n' + verdict_summary(v) + '\n\n' + _md(v[cols]))
         written['verdicts_md'] = atomic_write(out / 'verdicts.md', lambda f: Path(f).write_text(md))
-        label = 'twostage (release)' if profile.startswith('release') else 'twostage (full)'   # the release profiles: release, release_gpu
-        also = {'t6_row9': label[:-1] + ', network alone, no blend)'} if full != 't6_row9' else None
-        if also: label = label[:-1] + ' + edge blend)'
+        name = 'twostage (release' if profile.startswith('release') else 'twostage (full'   # the release profiles: release, release_gpu
+        label = name + (' + edge blend)' if full != 't6_row9' else ')')
+        also = {'t6_row9': name + ', network alone, no blend)'} if full != 't6_row9' else None
         grid = ''.join(f"\n## {subset} test faces\n\n" + family_grid_md(results, subset, full, label=label, also=also)
                        for subset in sorted(v.subset.unique()))
         grid = (f"# PSNR / SSIM / {perceptual_name(results)} per mask family, the model beside the classical peers\n\n{note} "

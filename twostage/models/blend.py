@@ -4,7 +4,6 @@
 
 # %% ../../nbs/08a_models.blend.ipynb #76dbb366
 from __future__ import annotations
-import math
 import torch
 import torch.nn.functional as F
 from torch import nn
