@@ -64,3 +64,21 @@ def test_readme_findings_are_the_committed_ones():
     lines = set((ROOT / 'README.md').read_text().splitlines())
     missing = [l for l in want if l not in lines]
     assert not missing, f'findings.md bullets not in the README (regenerate the README from the committed files): {missing}'
+
+
+def test_readme_release_tables_appear_once_each():
+    "Each release table row is shown once: a table pasted twice (as the eyeglasses table once was, under the all-faces heading) fails."
+    rows = [l for l in _section((ROOT / 'README.md').read_text(), '## The shipped model').splitlines() if l.startswith('| twostage (release')]
+    dup = sorted({l for l in rows if rows.count(l) > 1})
+    assert not dup, f'release rows shown more than once in the README: {dup}'
+
+
+def test_readme_margin_counts_are_the_committed_ones():
+    "The README's counts of resolved wins and losses of the shipped output are lines of figures/release/margins.md."
+    p = ROOT / 'figures' / 'release' / 'margins.md'
+    if not p.exists(): pytest.skip('no release margins yet (a release run writes figures/release/margins.md)')
+    want = {l.strip() for l in p.read_text().splitlines() if l.startswith('Verdicts')}
+    got = [l.strip('> ').strip() for l in _section((ROOT / 'README.md').read_text(), '## The shipped model').splitlines()
+           if l.strip('> ').startswith('Verdicts')]
+    assert got, 'the README quotes no verdict counts of figures/release/margins.md'
+    assert set(got) <= want, f'README verdict counts that are not in {p.name}: {sorted(set(got) - want)}'

@@ -40,6 +40,10 @@ def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
                        train=replace(gpu.train, batch_size=4, n_val=4), blend_val=4)
         reproduce(prof, data={str(pack / 'faces')!r}, runs={str(pack / 'runs')!r}, figures={str(tmp_path / 'figs')!r},
                   experiments=['t6_row9'], make_figures=False, progress=False, precision='fp32', release_to={str(tmp_path / 'rel')!r})
+        # the release just written, evaluated again as shipped weights: a fresh runs folder, nothing trained, the record rewritten
+        import shutil; shutil.copy({str(tmp_path / 'rel' / 'release128.json')!r}, {str(tmp_path / 'trained.json')!r})
+        reproduce(prof, data={str(pack / 'faces')!r}, runs={str(tmp_path / 'runs2')!r}, figures={str(tmp_path / 'figs2')!r},
+                  make_figures=False, progress=False, release_to={str(tmp_path / 'rel')!r}, shipped=True)
     """)
     env = {**os.environ, 'TWOSTAGE_WEIGHTS': str(pack / 'weights'), 'OMP_NUM_THREADS': '1'}
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=900)
@@ -53,3 +57,35 @@ def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
     assert rel['blend']['chosen_on'].startswith('4 validation faces') and '[blend] EdgeBlend(' in r.stdout, r.stdout[-1500:]
     assert set(card['scores']['all']['medium']) >= {'twostage', 'twostage_network', 'mean_fill'}
     assert (tmp_path / 'figs' / 'blend_release_gpu.csv').exists()
+    # --shipped: the same weights, evaluated without a checkpoint; how they were trained stays the record's
+    from twostage.release import sha256_file
+    trained = json.loads((tmp_path / 'trained.json').read_text())
+    assert '[shipped] release128.safetensors' in r.stdout and 'checkpoint the shipped weights' in r.stdout, r.stdout[-1500:]
+    assert not (tmp_path / 'runs2' / 'release_gpu' / 'stage1').exists() and not (tmp_path / 'runs2' / 'release_gpu' / 'stage2').exists()
+    assert rel['sha256'] == trained['sha256'] == sha256_file(tmp_path / 'rel' / 'release128.safetensors')
+    for k in ('data', 'steps', 'train_seconds', 'recipe'): assert rel['card'][k] == trained['card'][k], k
+    assert rel['card']['machine']['training'] == trained['card']['machine']['training']
+    assert rel['card']['evaluated']['data'].endswith('faces') and 'evaluated' not in trained['card']
+    import pandas as pd
+    res = pd.read_csv(tmp_path / 'figs2' / 'results_release_gpu.csv')
+    assert set(res[res.experiment.str.startswith('t6_row9')].config_hash) == {'shipped-' + rel['sha256'][:16]}
+    assert {'t6_row9', 't6_row9_coarse', 't6_row9_blend'} <= set(res.experiment)
+    # the same network's scores as the trained run's (one protocol, one file of weights): row 9 is not re-trained, only re-scored
+    first = pd.read_csv(tmp_path / 'figs' / 'results_release_gpu.csv')
+    pick = lambda d: d[(d.experiment == 't6_row9') & (d.bucket == 'all')].groupby(['subset', 'metric']).value.mean()
+    pd.testing.assert_series_equal(pick(res), pick(first), atol=1e-4)
+
+
+def test_shipped_evaluation_refuses_what_it_cannot_do(tmp_path):
+    from twostage.core import UserError
+    from twostage.reproduce import reproduce
+    with pytest.raises(UserError, match='release profile'):
+        reproduce('smoke', runs=tmp_path, figures=tmp_path / 'f', shipped=True)
+    with pytest.raises(UserError, match='no other row'):
+        reproduce('release_gpu', runs=tmp_path, figures=tmp_path / 'f', shipped=True, experiments=['t6_row8'])
+    with pytest.raises(UserError, match='no other row'):
+        reproduce('release_gpu', runs=tmp_path, figures=tmp_path / 'f', shipped=True, seeds=True)
+    from twostage.release import read_release_record
+    other = ({'release', 'release_gpu'} - {read_release_record()['card']['profile']}).pop()   # the profile that did not make them
+    with pytest.raises(UserError, match='made by profile'):
+        reproduce(other, runs=tmp_path, figures=tmp_path / 'f', shipped=True)

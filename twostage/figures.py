@@ -181,7 +181,8 @@ def write_figures(results: pd.DataFrame, profile, ckpts: dict, sets: dict, masks
                                                    ['eyeband'] * k, f'{what}, faces with eyeglasses'), 'qualitative_glasses', out)
         try: w['attention_maps'] = save_figure(fig_attention_maps(model, sets['all'][:1], allm[idx[:1]].float()), 'attention_maps', out)
         except ValueError: pass
-        logs = {'stage 1 (coarse)': Path(full['coarse']).parent / 'losses.csv', 'stage 2 (fine)': Path(full['fine']).parent / 'losses.csv'}
+        logs = {k: Path(full[st]).parent / 'losses.csv' for k, st in (('stage 1 (coarse)', 'coarse'), ('stage 2 (fine)', 'fine'))
+                if isinstance(full[st], (str, Path))}   # shipped weights (a checkpoint dict) have no training log here
         logs = {k: v for k, v in logs.items() if v.exists()}
         if logs: w['training_curves'] = save_figure(fig_training_curves(logs), 'training_curves', out)
     return w

@@ -15,7 +15,7 @@ from .runs import read_checkpoint
 
 # %% auto #0
 __all__ = ['RELEASE_DIR', 'RELEASE_NAME', 'BLEND_GRID', 'BLEND_UNITS', 'sha256_file', 'release_paths', 'export_release',
-           'read_release_record', 'load_release', 'tune_blend']
+           'read_release_record', 'load_release', 'release_checkpoint', 'update_release_record', 'tune_blend']
 
 # %% ../nbs/23_release.ipynb #c0e27092
 RELEASE_DIR = Path(__file__).resolve().parent / 'assets' if '__file__' in globals() else Path('../twostage/assets')
@@ -84,9 +84,35 @@ def load_release(name: str = RELEASE_NAME, folder=None, device=None, check_sha25
     if blend and rec.get('blend'): model.blend = EdgeBlend(**rec['blend']['params'])
     return model.to(get_device(device)).eval(), rec
 
+def release_checkpoint(name: str = RELEASE_NAME, folder=None) -> tuple:
+    "(checkpoint dict as `twostage.runs.load_model` reads it, record) of a released model, sha256 checked: its generator without its training run."
+    model, rec = load_release(name, folder, device='cpu', blend=False)
+    ck = {'stage': 'fine', 'model': model.state_dict(), 'model_cfg': rec['model_cfg'], 'train_cfg': rec['train_cfg'],
+          'loss_cfg': rec.get('loss_cfg', {}), 'precision_choice': rec.get('precision_choice', {}),
+          'code_version': rec.get('code_version', ''), 'release': {'name': rec['name'], 'sha256': rec['sha256']}}
+    return ck, rec
+
+def update_release_record(name: str = RELEASE_NAME, folder=None,
+                          blend: dict | None = None, # a new edge blend (`tune_blend`'s choice), or None to keep the recorded one
+                          card: dict | None = None,  # a new model card, or None to keep the recorded one
+                         ) -> dict:
+    "Rewrite the record of a released model with a new blend and/or card; the weights are untouched (their sha256 is checked first)."
+    rec = read_release_record(name, folder)
+    w, r = release_paths(name, folder)
+    if (got := sha256_file(w)) != rec['sha256']:
+        raise UserError(f"{w} does not match its recorded sha256 ({got[:12]}... vs {rec['sha256'][:12]}...): refusing to "
+                        "rewrite the record of weights it does not describe; restore them (git checkout) or retrain with `make release`")
+    if blend is not None: EdgeBlend(**blend['params']); rec['blend'] = blend   # refuse a blend that cannot be built
+    if card is not None: rec['card'] = card
+    atomic_write(r, lambda p: Path(p).write_text(json.dumps(rec, indent=1)))
+    return rec
+
 # %% ../nbs/23_release.ipynb #3aef6a67
 BLEND_GRID = ((0.0, 0.0, 1.0), (1.0, 0.0, 4.0), (1.0, 0.0, 8.0), (0.9, 0.0, 8.0), (1.0, 0.25, 2.0), (1.0, 0.25, 4.0),
-              (1.0, 0.5, 2.0), (1.0, 0.5, 4.0))   # (near, far, tau); the first is no blend
+              (1.0, 0.5, 2.0), (1.0, 0.5, 4.0), (0.8, 0.25, 4.0), (0.8, 0.35, 4.0), (0.7, 0.35, 4.0), (0.9, 0.35, 4.0),
+              # with the hole-share terms (near, far, tau, near_slope, far_slope): `EdgeBlend`'s "The hole's size"
+              (0.7, 0.35, 4.0, 2.0, 1.5), (0.7, 0.3, 4.0, 2.0, 2.0), (0.7, 0.35, 4.0, 3.0, 2.0), (0.65, 0.35, 4.0, 3.0, 2.0),
+              (0.7, 0.35, 4.0, 3.0, 2.5))   # (near, far, tau[, near_slope, far_slope]); the first is no blend
 BLEND_UNITS = {'psnr': 1.0, 'ssim': 0.01}          # margins in these units (a perceptual distance: 0.01) for the tie-break
 
 @torch.no_grad()
@@ -95,7 +121,7 @@ def tune_blend(model,               # a TwoStage generator (no blend attached), 
                families=('thin', 'medium', 'thick', 'freeform', 'center', 'eyeband'),
                perceptual=None,     # a perceptual metric (`twostage.metrics.build_perceptual_metric`), or None
                peers=('biharmonic', 'telea', 'navier_stokes'),
-               grid=BLEND_GRID,     # candidate (near, far, tau)
+               grid=BLEND_GRID,     # candidates (near, far, tau) or (near, far, tau, near_slope, far_slope)
                seed: int = 1,       # mask seed (the evaluation masks use the profile's seed, 0)
                batch_size: int = 32, device=None, progress: bool = False) -> tuple:
     "(choice: {'params', 'chosen_on', 'wins', 'shortfall'}, scores: one row per candidate or peer, family and metric)."
@@ -116,25 +142,30 @@ def tune_blend(model,               # a TwoStage generator (no blend attached), 
                           for b in range(0, len(images), batch_size)])
         fill = EdgeBlend.fill(images, masks)   # the fill the shipped blend mixes in; the peer 'biharmonic' is scikit-image's
         for p in peers: score(f'peer_{p}', fam, inpaint_peer(p, images, masks), images)
-        for near, far, tau in grid:
-            bl = EdgeBlend(near, far, tau)
-            score(_blend_name(near, far, tau), fam, bl(outs, images, masks, fill=fill).clamp(-1, 1), images)
+        for g in grid: score(_blend_name(g), fam, _grid_blend(g)(outs, images, masks, fill=fill).clamp(-1, 1), images)
         if progress: print(f"[blend] {fam}: {len(images)} validation faces scored", flush=True)
     df = pd.DataFrame(rows)
     wide = df.pivot_table(index=['family', 'metric'], columns='method', values='value')
-    cands = [_blend_name(*g) for g in grid]; pcols = [f'peer_{p}' for p in peers]
+    cands = [_blend_name(g) for g in grid]; pcols = [f'peer_{p}' for p in peers]
     lower = wide.index.get_level_values('metric').str.contains('lpips')
     best = wide[pcols].max(axis=1).where(~lower, wide[pcols].min(axis=1))
     marg = wide[cands].sub(best, axis=0); marg[lower] = -marg[lower]   # positive: the blended model is better
     marg = marg.div([BLEND_UNITS.get(k, 0.01) for k in wide.index.get_level_values('metric')], axis=0)
-    wins, short = (marg > 0).sum(), marg.clip(upper=0).sum()
-    pick = max(range(len(grid)), key=lambda i: (wins.iloc[i], short.iloc[i]))
-    near, far, tau = grid[pick]
-    choice = {'params': EdgeBlend(near, far, tau).to_dict(), 'wins': int(wins.iloc[pick]), 'of': int(len(marg)),
+    wins, short, worst = (marg > 0).sum(), marg.clip(upper=0).sum(), marg.min()
+    pick = max(range(len(grid)), key=lambda i: (wins.iloc[i], short.iloc[i], worst.iloc[i]))   # then the strongest weakest pair
+    choice = {'params': _grid_blend(grid[pick]).to_dict(), 'wins': int(wins.iloc[pick]), 'of': int(len(marg)),
               'shortfall': round(float(short.iloc[pick]), 3), 'peers': list(peers),
               'chosen_on': f'{len(images)} validation faces x {len(families)} mask families (mask seed {seed})'}
     df['wins'] = df.method.map(dict(zip(cands, wins.tolist()))); df['shortfall'] = df.method.map(dict(zip(cands, short.round(3).tolist())))
     return choice, df
 
-def _blend_name(near, far, tau) -> str: return 'no blend' if near == far == 0 else f'blend near={near:g} far={far:g} tau={tau:g}'
+def _grid_blend(g) -> EdgeBlend:
+    "A candidate of the grid: (near, far, tau), or (near, far, tau, near_slope, far_slope) with the hole-share terms."
+    return EdgeBlend(g[0], g[1], g[2], near_slope=g[3] if len(g) > 3 else 0., far_slope=g[4] if len(g) > 4 else 0.)
+
+def _blend_name(g) -> str:
+    b = _grid_blend(g)
+    if b.near == b.far == 0 and not (b.near_slope or b.far_slope): return 'no blend'
+    return f'blend near={b.near:g} far={b.far:g} tau={b.tau:g}' + (f' near_slope={b.near_slope:g} far_slope={b.far_slope:g}'
+                                                                  if b.near_slope or b.far_slope else '')
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import runs_dir, figures_dir, stable_hash, atomic_write, code_version, get_device, seed_everything
+from .core import runs_dir, figures_dir, stable_hash, atomic_write, code_version, get_device, seed_everything, UserError
 from .experiments import (TABLE6, TABLE6_ROWS, STAGE1, SEEDS, STAGE2_STUDY, LONG_STAGE2, PROFILES, RELEASE_PROFILES, Experiment, Profile, get_profile, train_experiment, stage_keys,
                                   data_id, plan_experiment)
 from .masks import load_eval_masks
@@ -28,7 +28,7 @@ from .models.blend import EdgeBlend
 T6_LABELS = {i: m for i, (m, _) in TABLE6_ROWS.items()}   # Table 6 row -> its module set, for tables and figures
 
 # %% auto #0
-__all__ = ['T6_LABELS', 'GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM_PEERS', 'GPU_COMMAND', 'score_peers', 'reproduce',
+__all__ = ['T6_LABELS', 'GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM_PEERS', 'IRREGULAR', 'GPU_COMMAND', 'score_peers', 'reproduce',
            'write_uncertainty', 'write_stage2_study', 'write_glasses_claim', 'release_card', 'main', 'pack_for_gpu']
 
 # %% ../nbs/17_reproduce.ipynb #2eecbc20
@@ -143,6 +143,7 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
               seeds: bool = False, # also train the stage-2 seed repeats (`twostage.experiments.SEEDS`; `make seeds`)
               stage2: bool = False, # also train the stage-2 study (`twostage.experiments.STAGE2_STUDY`; `make stage2`)
               glasses_claim: bool = True, # evaluate Table 6 and the peers on the eye-frame holes of the eyeglasses faces
+              shipped: bool = False, # a release profile: evaluate the shipped weights (in `release_to`) instead of training row 9
               log=print) -> dict:
     "Run the main job of a profile end to end; returns the paths it wrote."
     t0 = time.time()
@@ -154,6 +155,18 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     figs.mkdir(parents=True, exist_ok=True)
     size = prof.train.size
     seed_everything(prof.train.seed)
+    if shipped:   # the shipped generator stands for row 9's two stages: nothing is trained, its record gets the new blend and card
+        if prof.name not in RELEASE_PROFILES:
+            raise UserError(f"shipped=True evaluates the released weights on a release profile's protocol ({', '.join(RELEASE_PROFILES)}), not {prof.name!r}")
+        if set(experiments or ['t6_row9']) != {'t6_row9'} or seeds or stage2:
+            raise UserError("shipped=True evaluates the released weights, Table 6's row 9: no other row, seed or study can run from them")
+        from twostage.release import release_checkpoint
+        shipped_ck, shipped_rec = release_checkpoint(folder=release_to or None)
+        if (made := shipped_rec.get('card', {}).get('profile')) not in (None, prof.name):
+            raise UserError(f"the released weights were made by profile {made!r}: evaluate them with --profile {made}")
+        shipped_key = f"shipped-{shipped_rec['sha256'][:16]}"   # results of the shipped file, apart from any trained run's
+        experiments = ['t6_row9']
+        log(f"[shipped] {shipped_rec['file']} (sha256 {shipped_rec['sha256'][:16]}...), made by profile {made}: evaluated, not trained")
     faces, masks, sets, perc, proto = _setup_protocol(prof, data, out_root, log)
     optional = {'seeds': seeds, 'stage2': stage2}   # tables trained only on request; their earlier results stay in the results
     pool = STAGE1 + TABLE6 + SEEDS + STAGE2_STUDY
@@ -167,10 +180,11 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
         ef_sets, ef_masks, ef_proto, ef_show = (eyeframe[k] for k in ('sets', 'masks', 'proto', 'show'))
         ef_results, ef_per, ef_preds = [], {}, {}
     plans = {}   # run folder -> steps still to train (stage-1 runs shared by several rows count once)
-    for e in exps:
+    for e in ([] if shipped else exps):
         for st, (folder, left, _) in plan_experiment(e, prof, faces, runs, device, log=log).items(): plans[folder] = left
     machine = {'device': str(get_device(device)), 'cpu_capability': cpu_capability(), 'threads': torch.get_num_threads(),
-               'precision': (resolve_precision(prof.train_cfg(exps[0]), prof.model_cfg(exps[0]), device, log=None,
+               'precision': {'precision': 'fp32', 'channels_last': False, 'reason': 'evaluation only: nothing trained'} if shipped else
+                            (resolve_precision(prof.train_cfg(exps[0]), prof.model_cfg(exps[0]), device, log=None,
                                                loss_cfg=prof.loss_cfg(exps[0]))[1] if exps else
                              choose_precision(None, device, prof.train.precision, prof.train.channels_last, size, log=None)).to_dict()}
     log(f"[plan] {len(exps)} experiments, {sum(1 for v in plans.values() if v)} stage runs to train, "
@@ -181,11 +195,12 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     for i, exp in enumerate(exps):
         t1 = time.time()
         log(f"[{i + 1}/{len(exps)}] {exp.name} ({exp.table} row {exp.row}: {exp.modules})")
-        ck = ckpts[exp.name] = train_experiment(exp, prof, data=data, runs=runs, device=device, faces=faces, progress=progress,
-                                                on_step=eta.update)
+        if shipped: ck = ckpts[exp.name] = {'coarse': shipped_ck, 'fine': shipped_ck}
+        else: ck = ckpts[exp.name] = train_experiment(exp, prof, data=data, runs=runs, device=device, faces=faces, progress=progress,
+                                                      on_step=eta.update)
         last = ck['fine'] if 'fine' in ck else ck['coarse']
         model, meta = load_model(last, device=device)
-        key = plan_experiment(exp, prof, faces, runs, device, log=None)['fine' if 'fine' in ck else 'coarse'][2]
+        key = shipped_key if shipped else plan_experiment(exp, prof, faces, runs, device, log=None)['fine' if 'fine' in ck else 'coarse'][2]
         rp = res_dir / f'{exp.name}-{key}-{proto}.csv'
         res, cached = _cached_eval(rp, lambda per: summarise(
             per, exp.name, key, prof.train.seed, stage=exp.eval_stage, size=size, profile=prof.name),
@@ -193,7 +208,7 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
                                        prof.eval_batch, progress=progress))
         results.append(res.assign(table=exp.table, row=exp.row)); per_paths[exp.name] = _per_image_path(rp)
         if exp.name == 't6_row9' and 'fine' in ck:   # does stage 2 refine? the same model's stage-1 output, same protocol
-            k1 = plan_experiment(exp, prof, faces, runs, device, log=None)['coarse'][2]; rc = res_dir / f't6_row9_coarse-{k1}-{proto}.csv'
+            k1 = key if shipped else plan_experiment(exp, prof, faces, runs, device, log=None)['coarse'][2]; rc = res_dir / f't6_row9_coarse-{k1}-{proto}.csv'
             r, _ = _cached_eval(rc, lambda per: summarise(per, 't6_row9_coarse', k1, prof.train.seed, stage='coarse', size=size,
                                                          profile=prof.name),
                                 per_image=lambda: evaluate(model_fn(model, 'coarse', device), sets, masks, prof.families, perc,
@@ -219,8 +234,8 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
             if exp.name in GLASSES_CLAIM_ROWS:
                 with torch.no_grad(): ef_preds[f'row {exp.row}'] = fn(ef_sets['eyeglasses'][:len(ef_show)], ef_show)
         timing.append({'experiment': exp.name, 'seconds': round(time.time() - t1, 1)})
-        log(f"    checkpoint {last}; results {'from cache' if cached else 'evaluated'} ({time.time() - t1:.0f} s)")
-    if experiments is None:   # seed repeats and study rows evaluated by an earlier `make seeds` / `make stage2` stay in the results
+        log(f"    checkpoint {'the shipped weights' if shipped else last}; results {'from cache' if cached else 'evaluated'} ({time.time() - t1:.0f} s)")
+    if experiments is None and not shipped:   # seed repeats and study rows evaluated by an earlier `make seeds` / `make stage2` stay in the results
         for e in [e for e in SEEDS + STAGE2_STUDY if not optional[e.table]]:
             st = 'fine' if 'fine' in e.stages else 'coarse'
             k = plan_experiment(e, prof, faces, runs, device, log=None)[st][2]; rp = res_dir / f'{e.name}-{k}-{proto}.csv'
@@ -259,9 +274,15 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
         written.update(figs_written)
     if release_to is not None and 't6_row9' in ckpts and 'fine' in ckpts['t6_row9']:
         from twostage.release import export_release, RELEASE_NAME
-        card = release_card(allres, prof, ckpts['t6_row9'], faces, machine, full='t6_row9_blend' if blend else 't6_row9')
-        rec = export_release(ckpts['t6_row9']['fine'], RELEASE_NAME, release_to or None, card=card, blend=blend)
-        log(f"[release] {rec['file']} ({rec['bytes'] / 1e6:.1f} MB, sha256 {rec['sha256'][:16]}...) with its model card")
+        card = release_card(allres, prof, ckpts['t6_row9'], faces, machine, full='t6_row9_blend' if blend else 't6_row9',
+                            trained=shipped_rec['card'] if shipped else None)
+        if shipped:
+            from twostage.release import update_release_record
+            rec = update_release_record(RELEASE_NAME, release_to or None, blend=blend, card=card)
+            log(f"[release] {rec['file']} unchanged (sha256 {rec['sha256'][:16]}...); its record has the blend and scores above")
+        else:
+            rec = export_release(ckpts['t6_row9']['fine'], RELEASE_NAME, release_to or None, card=card, blend=blend)
+            log(f"[release] {rec['file']} ({rec['bytes'] / 1e6:.1f} MB, sha256 {rec['sha256'][:16]}...) with its model card")
         written['release'] = rec['file']
         if make_figures and release_to == '':   # the README's demo panel: the shipped weights on a held-out face
             from twostage.demo import fig_demo_panel
@@ -275,6 +296,29 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     return written
 
 # %% ../nbs/17_reproduce.ipynb #336f8a45
+IRREGULAR = ('thin', 'medium', 'thick', 'freeform')   # the stroke and free-form families: irregular holes of every size
+
+def _release_margins(per: dict, out: Path, profile: str, metrics) -> dict:
+    "margins_<profile>.csv and margins.md: the shipped output against the best peer with intervals, per family and per hole area."
+    from twostage.tables import paired_bootstrap, margin_intervals, margin_intervals_md
+    ref = 't6_row9_blend'
+    fam = margin_intervals(paired_bootstrap(per, ref, metrics=metrics), ref)
+    # per hole-area bucket, irregular masks only: a face's masks of one bucket are averaged, model and peers on the same masks
+    size = {n: d[d.family.isin(IRREGULAR)].assign(family=d.bucket) for n, d in per.items()}
+    size = margin_intervals(paired_bootstrap(size, ref, metrics=metrics), ref) if all(len(d) for d in size.values()) else fam.iloc[:0]
+    if not len(fam): return {}
+    note = (f"Profile `{profile}`; the test faces of each subset; margin: positive = the model is better (for the perceptual "
+            "distance too); interval: paired bootstrap over faces (1000 resamples), the model's training noise not included; "
+            "'not resolved': the interval holds 0.")
+    title = "The shipped output (row 9 + edge blend) against the best classical peer, with 95 % intervals"
+    md = margin_intervals_md(fam, title + ": per mask family", note)
+    if len(size):
+        md += '\n\n#' + margin_intervals_md(size, "Per hole area", f"The irregular families ({', '.join(IRREGULAR)}) pooled, "
+                                            "grouped by the share of the image in the hole (`family` is the bucket here).")
+    both = pd.concat([fam.assign(by='family'), size.assign(by='hole area, irregular masks')], ignore_index=True)
+    return {'margins_csv': atomic_write(out / f'margins_{profile}.csv', lambda p: both.to_csv(p, index=False)),
+            'margins_md': atomic_write(out / 'margins.md', lambda p: Path(p).write_text(md))}
+
 def _seed_runs(spread) -> str: return ', '.join(f'{r} x{n}' for r, n in spread.groupby('row').n_seeds.first().items())
 def _floor_values(floor) -> str: return ', '.join(f'{m} {v:.4f}' for m, v in floor.items())   # words for the notes of the tables
 
@@ -310,6 +354,8 @@ def write_uncertainty(results: pd.DataFrame,  # the combined long-format results
                 f"Profile `{profile}`; all test faces, mask families pooled; reference: row 9 (the full model); intervals: paired "
                 f"bootstrap over faces (1000 resamples). {fl_note}")))
             figs['table6_claims'] = (c6, 'Table 6: row - full model, ours (95 % interval) and the paper')
+    if 't6_row9_blend' in per:   # a release: what it ships against each classical peer (none scored: no rows)
+        w.update(_release_margins({n: d for n, d in per.items() if n == 't6_row9_blend' or n.startswith('peer_')}, out, profile, metrics))
     if 't6_row9_coarse' in per and any(n.startswith('s2_') for n in per):   # the stage-2 study (`make stage2`)
         w.update(write_stage2_study(per, floor, out, profile, metrics, fl_note, make_figures, results=results))
     s1 = {n: d for n, d in per.items() if n.startswith('s1_')}
@@ -440,11 +486,12 @@ def _run_record(ckpt_path) -> dict:
     rec = read_record(Path(ckpt_path).parent)
     return {'precision': rec.get('precision'), 'threads': rec.get('threads') or 'not recorded', 'capability': (rec.get('precision') or {}).get('capability')}
 
-def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, machine: dict, full: str = 't6_row9') -> dict:
+def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, machine: dict, full: str = 't6_row9',
+                 trained: dict | None = None, # the card of shipped weights evaluated again: how they were trained stays its own
+                ) -> dict:
     "The model card of a release run: data, steps, time, machine, recipe, and scores beside the peers (from the results)."
     row9 = EXPERIMENTS['t6_row9']   # `full`: the results' name of the shipped output (row 9, or row 9 with its edge blend)
     tc = profile.train_cfg(row9)   # with the profile's step cap, if any
-    secs = {st: round(_train_seconds(Path(p).parent / 'losses.csv'), 1) for st, p in ckpt.items()}
     perc = [m for m in results.metric.unique() if 'lpips' in m]
     r = results[(results.bucket == 'all') & (results.metric.isin(['psnr', 'ssim'] + perc))]
     names = {full: 'twostage'} | ({'t6_row9': 'twostage_network'} if full != 't6_row9' else {})   # with a blend: the network alone too
@@ -452,6 +499,13 @@ def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, mac
     scores = {}
     for (subset, fam, exp, metric), v in r.groupby(['subset', 'family', 'experiment', 'metric'])['value'].mean().items():
         scores.setdefault(subset, {}).setdefault(fam, {}).setdefault(names.get(exp, exp.replace('peer_', '')), {})[metric] = round(float(v), 4)
+    protocol = {'families': list(profile.families), 'n_test': profile.n_test, 'n_glasses': profile.n_glasses,
+                'perceptual': perc[0] if perc else None}
+    if trained:   # data, steps, time, training machine and recipe: the record's; evaluation, protocol and scores: this run's
+        return {**trained, 'machine': {'training': trained['machine']['training'], 'evaluation': machine},
+                'protocol': protocol, 'scores': scores, 'evaluated': {'data': str(faces.root), 'when': time.strftime('%Y-%m-%d'),
+                                                                        'code_version': code_version()}}
+    secs = {st: round(_train_seconds(Path(p).parent / 'losses.csv'), 1) for st, p in ckpt.items()}
     return {
         'profile': profile.name,
         'data': {'root': str(faces.root), 'train_faces': len(faces.train), 'val_faces': len(faces.val), 'test_faces': len(faces.test),
@@ -461,9 +515,7 @@ def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, mac
         'machine': {'training': {st: _run_record(p) for st, p in ckpt.items()}, 'evaluation': machine},
         'recipe': {'model': profile.model_cfg(row9).to_dict(), 'loss': profile.loss_cfg(row9).to_dict(),
                    'train': {k: v for k, v in tc.to_dict().items() if k not in ('log_every', 'sample_every', 'num_workers')}},
-        'protocol': {'families': list(profile.families), 'n_test': profile.n_test, 'n_glasses': profile.n_glasses,
-                     'perceptual': perc[0] if perc else None},
-        'scores': scores}
+        'protocol': protocol, 'scores': scores}
 
 # %% ../nbs/17_reproduce.ipynb #5778e1cb
 @guard('twostage-reproduce')
@@ -471,22 +523,28 @@ def main(argv=None):
     "Console entry point: `twostage-reproduce`."
     import argparse
     p = argparse.ArgumentParser(prog='twostage-reproduce', description='Train, evaluate and rebuild every table and figure.')
-    p.add_argument('--profile', default='cpu', help=' | '.join(PROFILES) + " (release, release_gpu: the shipped model, written into the package's assets)")
+    p.add_argument('--profile', help=' | '.join(PROFILES) + " (release, release_gpu: the shipped model, written into the package's assets); "
+                   "default cpu, or with --shipped the profile that made the shipped weights")
     p.add_argument('--data'); p.add_argument('--runs'); p.add_argument('--figures'); p.add_argument('--device')
     p.add_argument('--experiments', help='comma-separated experiment names (default: all)')
     p.add_argument('--no-peers', action='store_true'); p.add_argument('--no-figures', action='store_true')
     p.add_argument('--seeds', action='store_true', help='also train the stage-2 seed repeats of rows 9, 7 and 8 (the training-noise floor)')
     p.add_argument('--stage2', action='store_true', help="also train the stage-2 study: the full model's stage 2 trained otherwise")
+    p.add_argument('--shipped', action='store_true', help="a release profile: evaluate the shipped weights instead of training them "
+                   "(rebuilds figures/release, re-chooses the edge blend and rewrites the weights' record; the weights are untouched)")
     p.add_argument('--precision', choices=['auto', 'fp32', 'bf16'],
                    help="override the profile's precision (default 'auto': what is fastest on this machine)")
     a = p.parse_args(argv)
     from twostage.core import check_device
     check_device(a.device)
+    if a.profile is None:
+        from twostage.release import read_release_record
+        a.profile = read_release_record()['card'].get('profile', 'release') if a.shipped else 'cpu'
     rel = a.profile in RELEASE_PROFILES   # a release profile trains the full model only, and writes the shipped weights
     exps = a.experiments.split(',') if a.experiments else (['t6_row9'] if rel else None)
     reproduce(a.profile, a.data, a.runs, a.figures, a.device, exps,
               peers=not a.no_peers, make_figures=not a.no_figures, precision=a.precision, release_to='' if rel else None,
-              seeds=a.seeds, stage2=a.stage2)
+              seeds=a.seeds, stage2=a.stage2, shipped=a.shipped)
 
 # %% ../nbs/17_reproduce.ipynb #64de20c9
 GPU_COMMAND = ('PYTHONPATH=.:{pack}/site TWOSTAGE_WEIGHTS={pack}/weights python3 -c "from twostage.reproduce import main; main()" '

@@ -4,6 +4,7 @@
 
 # %% ../nbs/18_tables.ipynb #6429af7a
 from __future__ import annotations
+import warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -13,7 +14,8 @@ from .core import atomic_write
 # %% auto #0
 __all__ = ['PAPER_TABLE6', 'METRICS', 'FAMILY_LABELS', 'PEER_LABELS', 'perceptual_name', 'wide', 'table6', 'stage1_table',
            'peers_table', 'peer_verdicts', 'verdict_summary', 'family_grid_md', 'findings_md', 'write_tables',
-           'paired_bootstrap', 'seed_spread', 'noise_floor', 'claims', 'table6_claim_rows', 'claims_md']
+           'paired_bootstrap', 'margin_intervals', 'margin_intervals_md', 'seed_spread', 'noise_floor', 'claims',
+           'table6_claim_rows', 'claims_md']
 
 # %% ../nbs/18_tables.ipynb #41e0b594
 PAPER_TABLE6 = pd.DataFrame({   # the paper's Table 6, as printed (row 9 = full model)
@@ -280,14 +282,44 @@ def paired_bootstrap(per_image: dict,   # name -> per-face results (`twostage.ev
             fams = list(wide[ref].columns)
             for fam in fams + ['pooled']:
                 val = {k: (w[fams].mean(1) if fam == 'pooled' else w[fam]).to_numpy() for k, w in wide.items()}
-                boot = {k: np.nanmean(v[draws], axis=1) for k, v in val.items()}
+                with np.errstate(all='ignore'), warnings.catch_warnings():   # a resample may hold none of a sparse family's faces
+                    warnings.simplefilter('ignore', RuntimeWarning)
+                    boot = {k: np.nanmean(v[draws], axis=1) for k, v in val.items()}
                 for k in val:
                     d = boot[k] - boot[ref]
+                    # a family some faces lack (a hole-area bucket): resamples without any of them are left out; n counts the faces it has
                     rows.append({'name': k, 'subset': subset, 'family': fam, 'metric': metric, 'mean': float(np.nanmean(val[k])),
-                                 'lo': float(np.percentile(boot[k], 2.5)), 'hi': float(np.percentile(boot[k], 97.5)),
+                                 'lo': float(np.nanpercentile(boot[k], 2.5)), 'hi': float(np.nanpercentile(boot[k], 97.5)),
                                  'diff': float(np.nanmean(val[k]) - np.nanmean(val[ref])),
-                                 'diff_lo': float(np.percentile(d, 2.5)), 'diff_hi': float(np.percentile(d, 97.5)), 'n': n})
+                                 'diff_lo': float(np.nanpercentile(d, 2.5)), 'diff_hi': float(np.nanpercentile(d, 97.5)),
+                                 'n': int(np.isfinite(val[k]).sum())})
     return pd.DataFrame(rows)
+
+# %% ../nbs/18_tables.ipynb #8b857a33
+def margin_intervals(bt: pd.DataFrame, # `paired_bootstrap` output whose reference (`ref`) is the model
+                     ref: str,         # the model's name in `bt`
+                     peers=('biharmonic', 'telea', 'navier_stokes'),
+                     min_faces: int = 10, # fewer faces with this family (a sparse hole-area bucket): no verdict
+                    ) -> pd.DataFrame:
+    "Per subset, family and metric: the model's margin over the best peer with its 95 % paired-bootstrap interval, and a verdict."
+    if ref not in set(bt.name): raise ValueError(f"{ref!r} is not in the bootstrap table (names: {sorted(set(bt.name))})")
+    b, rows = bt[bt.name.isin([f'peer_{q}' for q in peers])], []
+    for (subset, fam, metric), g in b.groupby(['subset', 'family', 'metric'], sort=False):
+        lower = 'lpips' in metric
+        best = g.loc[g['mean'].idxmin() if lower else g['mean'].idxmax()]
+        # bt's diff is peer - model; the margin is positive where the model is better
+        m, lo, hi = (best['diff'], best.diff_lo, best.diff_hi) if lower else (-best['diff'], -best.diff_hi, -best.diff_lo)
+        rows.append({'subset': subset, 'family': fam, 'metric': metric, 'best_peer': best['name'].replace('peer_', ''),
+                     'margin': m, 'lo': lo, 'hi': hi, 'n': best.n,
+                     'verdict': 'too few faces' if best.n < min_faces else 'ahead' if lo > 0 else 'behind' if hi < 0 else 'not resolved'})
+    return pd.DataFrame(rows, columns=['subset', 'family', 'metric', 'best_peer', 'margin', 'lo', 'hi', 'n', 'verdict'])
+
+def margin_intervals_md(mi: pd.DataFrame, title: str, note: str = '') -> str:
+    "The margins with their intervals as markdown, and a count of the verdicts per subset."
+    counts = '; '.join(f"{s} faces: " + ', '.join(f"{k} {v}" for k, v in g.verdict.value_counts().items()) + f" of {len(g)} pairs"
+                       for s, g in mi[mi.family != 'pooled'].groupby('subset'))
+    t = mi.assign(interval=[f"[{a:+.4f}, {b:+.4f}]" for a, b in zip(mi.lo, mi.hi)])[['subset', 'family', 'metric', 'best_peer', 'margin', 'interval', 'verdict', 'n']]
+    return f"# {title}\n\n{note}\n\nVerdicts per (group, metric) pair, 'pooled' left out: {counts}.\n\n" + _md(t)
 
 # %% ../nbs/18_tables.ipynb #80f9a19e
 def seed_spread(results: pd.DataFrame,   # long-format results holding rows and their seed repeats (table 'seeds', `<row>_seed<k>`)

@@ -32,18 +32,27 @@ class EdgeBlend(nn.Module):
                  far: float = 0.25,       # its weight deep inside a hole
                  tau: float = 2.0,        # pixels over which the weight falls from `near` towards `far` (1/e of the way)
                  steps: int = 16,         # erosions of `hole_distance`
+                 near_slope: float = 0.0, # `near` falls by this times (ratio_ref - r) in an image whose hole share r is below ratio_ref
+                 far_slope: float = 0.0,  # `far` moves by this times (r - ratio_ref): up in larger holes, down in smaller ones
+                 ratio_ref: float = 0.25, # the hole share (of the image's pixels) at which `near` and `far` apply as given
                 ):
         super().__init__()
         if not (0 <= far <= 1 and 0 <= near <= 1): raise ValueError(f"near and far must lie in [0, 1], got near={near}, far={far}")
         if not tau > 0: raise ValueError(f"tau must be positive, got {tau}")
         if steps < 1: raise ValueError(f"steps must be at least 1, got {steps}")
+        if near_slope < 0 or far_slope < 0: raise ValueError(f"near_slope and far_slope must be >= 0, got {near_slope}, {far_slope}")
+        if not 0 < ratio_ref < 1: raise ValueError(f"ratio_ref must lie in (0, 1), got {ratio_ref}")
         self.near, self.far, self.tau, self.steps = float(near), float(far), float(tau), int(steps)
+        self.near_slope, self.far_slope, self.ratio_ref = float(near_slope), float(far_slope), float(ratio_ref)
 
     def weight(self, mask: torch.Tensor) -> torch.Tensor:
         "B x 1 x H x W weight of the biharmonic fill: 0 on known pixels and in images without any known pixel."
         hole = (mask > 0.5).float()
         d = hole_distance(hole, self.steps)
-        w = self.far + (self.near - self.far) * torch.exp(-(d - 1).clamp(min=0) / self.tau)
+        r = hole.mean((1, 2, 3), keepdim=True) - self.ratio_ref   # each image's hole share, from the reference share
+        near = (self.near + self.near_slope * r.clamp(max=0)).clamp(0, 1)
+        far = (self.far + self.far_slope * r).clamp(0, 1)
+        w = far + (near - far) * torch.exp(-(d - 1).clamp(min=0) / self.tau)
         some_known = (hole.flatten(1).amin(1) < 0.5).float().view(-1, 1, 1, 1)   # a full mask: nothing to interpolate from
         return w * hole * some_known
 
@@ -62,5 +71,10 @@ class EdgeBlend(nn.Module):
         "The biharmonic fill the blend mixes in (`twostage.models.coarse.biharmonic_fill`, conjugate gradients), float32."
         return biharmonic_fill(masked_input(image, mask).float().contiguous(), mask.float().contiguous())
 
-    def to_dict(self) -> dict: return {'near': self.near, 'far': self.far, 'tau': self.tau, 'steps': self.steps}
-    def extra_repr(self) -> str: return ', '.join(f'{k}={v:g}' for k, v in self.to_dict().items())
+    def to_dict(self) -> dict:
+        return {'near': self.near, 'far': self.far, 'tau': self.tau, 'steps': self.steps,
+                'near_slope': self.near_slope, 'far_slope': self.far_slope, 'ratio_ref': self.ratio_ref}
+    def extra_repr(self) -> str:   # the hole-share terms only where they do something
+        d = self.to_dict()
+        if not (self.near_slope or self.far_slope): d = {k: d[k] for k in ('near', 'far', 'tau', 'steps')}
+        return ', '.join(f'{k}={v:g}' for k, v in d.items())
