@@ -501,8 +501,8 @@ def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, mac
         scores.setdefault(subset, {}).setdefault(fam, {}).setdefault(names.get(exp, exp.replace('peer_', '')), {})[metric] = round(float(v), 4)
     protocol = {'families': list(profile.families), 'n_test': profile.n_test, 'n_glasses': profile.n_glasses,
                 'perceptual': perc[0] if perc else None}
-    if trained:   # data, steps, time, training machine and recipe: the record's; evaluation, protocol and scores: this run's
-        return {**trained, 'machine': {'training': trained['machine']['training'], 'evaluation': machine},
+    if trained is not None:   # data, steps, time, training machine and recipe: the record's (what it has); the rest: this run's
+        return {**trained, 'machine': {'training': trained.get('machine', {}).get('training'), 'evaluation': machine},
                 'protocol': protocol, 'scores': scores, 'evaluated': {'data': str(faces.root), 'when': time.strftime('%Y-%m-%d'),
                                                                         'code_version': code_version()}}
     secs = {st: round(_train_seconds(Path(p).parent / 'losses.csv'), 1) for st, p in ckpt.items()}
