@@ -61,6 +61,12 @@ def export_release(checkpoint,          # a stage-2 checkpoint written by the tr
     return rec
 
 # %% ../nbs/23_release.ipynb #d39774dd
+def _check_sha256(w: Path, rec: dict, why: str):
+    "Refuse weights that are not the ones their record describes; `why`: what that means for the caller."
+    if (got := sha256_file(w)) != rec['sha256']:
+        raise UserError(f"{w} does not match its recorded sha256 ({got[:12]}... vs {rec['sha256'][:12]}...): {why}; "
+                        "restore it (git checkout) or retrain with `make release`")
+
 def read_release_record(name: str = RELEASE_NAME, folder=None) -> dict:
     "The JSON record of a released model (configuration, sha256, model card)."
     w, r = release_paths(name, folder)
@@ -76,9 +82,7 @@ def load_release(name: str = RELEASE_NAME, folder=None, device=None, check_sha25
     from safetensors.torch import load_file
     rec = read_release_record(name, folder)
     w, _ = release_paths(name, folder)
-    if check_sha256 and (got := sha256_file(w)) != rec['sha256']:
-        raise UserError(f"{w} does not match its recorded sha256 ({got[:12]}... vs {rec['sha256'][:12]}...): the file is "
-                        "damaged or was replaced; restore it (git checkout) or retrain with `make release`")
+    if check_sha256: _check_sha256(w, rec, 'the file is damaged or was replaced')
     model = build_model(ModelCfg.from_dict(rec['model_cfg']))
     model.load_state_dict(load_file(str(w)))
     if blend and rec.get('blend'): model.blend = EdgeBlend(**rec['blend']['params'])
@@ -99,9 +103,7 @@ def update_release_record(name: str = RELEASE_NAME, folder=None,
     "Rewrite the record of a released model with a new blend and/or card; the weights are untouched (their sha256 is checked first)."
     rec = read_release_record(name, folder)
     w, r = release_paths(name, folder)
-    if (got := sha256_file(w)) != rec['sha256']:
-        raise UserError(f"{w} does not match its recorded sha256 ({got[:12]}... vs {rec['sha256'][:12]}...): refusing to "
-                        "rewrite the record of weights it does not describe; restore them (git checkout) or retrain with `make release`")
+    _check_sha256(w, rec, 'refusing to rewrite the record of weights it does not describe')
     if blend is not None: EdgeBlend(**blend['params']); rec['blend'] = blend   # refuse a blend that cannot be built
     if card is not None: rec['card'] = card
     atomic_write(r, lambda p: Path(p).write_text(json.dumps(rec, indent=1)))

@@ -303,18 +303,18 @@ def _release_margins(per: dict, out: Path, profile: str, metrics) -> dict:
     from twostage.tables import paired_bootstrap, margin_intervals, margin_intervals_md
     ref = 't6_row9_blend'
     fam = margin_intervals(paired_bootstrap(per, ref, metrics=metrics), ref)
+    if not len(fam): return {}   # no classical peer among them
     # per hole-area bucket, irregular masks only: a face's masks of one bucket are averaged, model and peers on the same masks
     size = {n: d[d.family.isin(IRREGULAR)].assign(family=d.bucket) for n, d in per.items()}
     size = margin_intervals(paired_bootstrap(size, ref, metrics=metrics), ref) if all(len(d) for d in size.values()) else fam.iloc[:0]
-    if not len(fam): return {}
     note = (f"Profile `{profile}`; the test faces of each subset; margin: positive = the model is better (for the perceptual "
             "distance too); interval: paired bootstrap over faces (1000 resamples), the model's training noise not included; "
             "'not resolved': the interval holds 0.")
     title = "The shipped output (row 9 + edge blend) against the best classical peer, with 95 % intervals"
     md = margin_intervals_md(fam, title + ": per mask family", note)
     if len(size):
-        md += '\n\n#' + margin_intervals_md(size, "Per hole area", f"The irregular families ({', '.join(IRREGULAR)}) pooled, "
-                                            "grouped by the share of the image in the hole (`family` is the bucket here).")
+        md += '\n\n' + margin_intervals_md(size, "Per hole area", f"The irregular families ({', '.join(IRREGULAR)}) pooled, "
+                                           "grouped by the share of the image in the hole (`family` is the bucket here).", level=2)
     both = pd.concat([fam.assign(by='family'), size.assign(by='hole area, irregular masks')], ignore_index=True)
     return {'margins_csv': atomic_write(out / f'margins_{profile}.csv', lambda p: both.to_csv(p, index=False)),
             'margins_md': atomic_write(out / 'margins.md', lambda p: Path(p).write_text(md))}

@@ -282,7 +282,7 @@ def paired_bootstrap(per_image: dict,   # name -> per-face results (`twostage.ev
             fams = list(wide[ref].columns)
             for fam in fams + ['pooled']:
                 val = {k: (w[fams].mean(1) if fam == 'pooled' else w[fam]).to_numpy() for k, w in wide.items()}
-                with np.errstate(all='ignore'), warnings.catch_warnings():   # a resample may hold none of a sparse family's faces
+                with warnings.catch_warnings():   # a resample may hold none of a sparse family's faces (mean of an empty slice)
                     warnings.simplefilter('ignore', RuntimeWarning)
                     boot = {k: np.nanmean(v[draws], axis=1) for k, v in val.items()}
                 for k in val:
@@ -314,12 +314,14 @@ def margin_intervals(bt: pd.DataFrame, # `paired_bootstrap` output whose referen
                      'verdict': 'too few faces' if best.n < min_faces else 'ahead' if lo > 0 else 'behind' if hi < 0 else 'not resolved'})
     return pd.DataFrame(rows, columns=['subset', 'family', 'metric', 'best_peer', 'margin', 'lo', 'hi', 'n', 'verdict'])
 
-def margin_intervals_md(mi: pd.DataFrame, title: str, note: str = '') -> str:
+def margin_intervals_md(mi: pd.DataFrame, title: str, note: str = '',
+                        level: int = 1, # the title's heading level (2: a section of a larger file)
+                       ) -> str:
     "The margins with their intervals as markdown, and a count of the verdicts per subset."
     counts = '; '.join(f"{s} faces: " + ', '.join(f"{k} {v}" for k, v in g.verdict.value_counts().items()) + f" of {len(g)} pairs"
                        for s, g in mi[mi.family != 'pooled'].groupby('subset'))
     t = mi.assign(interval=[f"[{a:+.4f}, {b:+.4f}]" for a, b in zip(mi.lo, mi.hi)])[['subset', 'family', 'metric', 'best_peer', 'margin', 'interval', 'verdict', 'n']]
-    return f"# {title}\n\n{note}\n\nVerdicts per (group, metric) pair, 'pooled' left out: {counts}.\n\n" + _md(t)
+    return f"{'#' * level} {title}\n\n{note}\n\nVerdicts per (group, metric) pair, 'pooled' left out: {counts}.\n\n" + _md(t)
 
 # %% ../nbs/18_tables.ipynb #80f9a19e
 def seed_spread(results: pd.DataFrame,   # long-format results holding rows and their seed repeats (table 'seeds', `<row>_seed<k>`)
