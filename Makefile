@@ -5,6 +5,7 @@
 #   make stage2      after make reproduce: the stage-2 study (does stage 2 refine its stage 1, and what does it take?)
 #   make release     retrain the shipped 128 px model from scratch (release profile), evaluate it, rewrite twostage/assets/
 #   make release-eval  evaluate the shipped weights again without training (no GPU): figures/release rebuilt, the edge blend re-chosen, their record rewritten
+#   make release-finetune  train the shipped weights further (RELEASE_FINETUNE), write them, then evaluate them as release-eval does
 #   make release-gpu-pack   write runs/gpu_pack/ (faces, a small VGG trunk, stlpips_pytorch, the peers scored) for a GPU machine without them
 #   make release-gpu the same on one GPU (release_gpu profile), run there from the repository's root with the pack beside it
 #   make demo        serve the demo notebook as a web page (Voilà) on 127.0.0.1:$(PORT) and print the address to open
@@ -22,7 +23,7 @@ PRECISION ?= auto
 PORT ?= 8866
 STAMP := $(VENV)/.installed
 
-.PHONY: install reproduce seeds stage2 release release-eval release-gpu-pack release-gpu test check readme export clean-nbs smoke
+.PHONY: install reproduce seeds stage2 release release-eval release-finetune release-gpu-pack release-gpu test check readme export clean-nbs smoke
 install: $(STAMP)
 
 $(STAMP): settings.ini setup.py
@@ -53,6 +54,11 @@ release: install
 # "The shipped weights without their run"); the weights stay as they are, their record gets this run's blend and scores.
 release-eval: install
 	$(BIN)/twostage-reproduce --shipped --precision $(PRECISION)
+
+# The shipped weights trained further (nbs/17_reproduce.ipynb, "Training the shipped weights further": both stages, more
+# thin strokes, RELEASE_FINETUNE), written as the shipped weights, then evaluated as release-eval does.
+release-finetune: install
+	$(BIN)/twostage-reproduce --shipped --finetune --precision $(PRECISION)
 
 # The GPU path of the release (nbs/17_reproduce.ipynb): pack here, send the repository with runs/gpu_pack, run there.
 # release-gpu installs nothing: it needs python3 with torch (and numpy, pandas, pillow, scikit-image, opencv, matplotlib,

@@ -82,3 +82,15 @@ def test_readme_margin_counts_are_the_committed_ones():
            if l.strip('> ').startswith('Verdicts')]
     assert got, 'the README quotes no verdict counts of figures/release/margins.md'
     assert set(got) <= want, f'README verdict counts that are not in {p.name}: {sorted(set(got) - want)}'
+
+
+def test_readme_names_the_shipped_weights_and_their_fine_tune():
+    "The sha256 the README gives is the shipped file's, and a fine-tuned release says so: what it started from and how long it took."
+    import json
+    rec = json.loads((ROOT / 'twostage' / 'assets' / 'release128.json').read_text())
+    sec = _section((ROOT / 'README.md').read_text(), '## The shipped model')
+    shown = re.findall(r'\| sha256 \| `([0-9a-f]{16})\.\.\.`', sec)
+    assert shown == [rec['sha256'][:16]], (shown, rec['sha256'][:16])
+    if ft := rec['card'].get('finetune'):
+        assert f"`{ft['from_sha256'][:16]}...`" in sec, 'the README does not name the weights the fine-tune started from'
+        assert f"{ft['recipe']['steps']:,} joint steps" in sec and f"{ft['seconds'] / 60:.1f} min" in sec

@@ -44,16 +44,22 @@ def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
         import shutil; shutil.copy({str(tmp_path / 'rel' / 'release128.json')!r}, {str(tmp_path / 'trained.json')!r})
         reproduce(prof, data={str(pack / 'faces')!r}, runs={str(tmp_path / 'runs2')!r}, figures={str(tmp_path / 'figs2')!r},
                   make_figures=False, progress=False, release_to={str(tmp_path / 'rel')!r}, shipped=True)
+        # --shipped --finetune: trained further (2 joint steps), written as the shipped weights, then evaluated as above
+        shutil.copy({str(tmp_path / 'rel' / 'release128.json')!r}, {str(tmp_path / 'evaluated.json')!r})
+        from twostage.reproduce import Finetune
+        reproduce(prof, data={str(pack / 'faces')!r}, runs={str(tmp_path / 'runs3')!r}, figures={str(tmp_path / 'figs3')!r},
+                  make_figures=False, progress=False, release_to={str(tmp_path / 'rel')!r}, shipped=True, precision='fp32',
+                  finetune=Finetune(steps=2, batch_size=2, adv_warmup=1))
     """)
     env = {**os.environ, 'TWOSTAGE_WEIGHTS': str(pack / 'weights'), 'OMP_NUM_THREADS': '1'}
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, (r.stdout[-1500:], r.stderr[-1500:])
     assert '[peer] mean_fill: from cache' in r.stdout, r.stdout[-1500:]   # the run read the peers scored beforehand
-    card = json.loads((tmp_path / 'rel' / 'release128.json').read_text())['card']
+    card = json.loads((tmp_path / 'evaluated.json').read_text())['card']   # the record before the fine-tune at the end
     assert card['profile'] == 'release_gpu', card.get('profile')
     assert (tmp_path / 'rel' / 'release128.safetensors').exists()
     # the edge blend: chosen on 4 validation faces, recorded, and the card's model scores are the blended output's
-    rel = json.loads((tmp_path / 'rel' / 'release128.json').read_text())
+    rel = json.loads((tmp_path / 'evaluated.json').read_text())
     assert rel['blend']['chosen_on'].startswith('4 validation faces') and '[blend] EdgeBlend(' in r.stdout, r.stdout[-1500:]
     assert set(card['scores']['all']['medium']) >= {'twostage', 'twostage_network', 'mean_fill'}
     assert (tmp_path / 'figs' / 'blend_release_gpu.csv').exists()
@@ -62,7 +68,7 @@ def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
     trained = json.loads((tmp_path / 'trained.json').read_text())
     assert '[shipped] release128.safetensors' in r.stdout and 'checkpoint the shipped weights' in r.stdout, r.stdout[-1500:]
     assert not (tmp_path / 'runs2' / 'release_gpu' / 'stage1').exists() and not (tmp_path / 'runs2' / 'release_gpu' / 'stage2').exists()
-    assert rel['sha256'] == trained['sha256'] == sha256_file(tmp_path / 'rel' / 'release128.safetensors')
+    assert rel['sha256'] == trained['sha256']   # the file itself: checked when the fine-tune below read it (its from_sha256)
     for k in ('data', 'steps', 'train_seconds', 'recipe'): assert rel['card'][k] == trained['card'][k], k
     assert rel['card']['machine']['training'] == trained['card']['machine']['training']
     assert rel['card']['evaluated']['data'].endswith('faces') and 'evaluated' not in trained['card']
@@ -74,6 +80,16 @@ def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
     first = pd.read_csv(tmp_path / 'figs' / 'results_release_gpu.csv')
     pick = lambda d: d[(d.experiment == 't6_row9') & (d.bucket == 'all')].groupby(['subset', 'metric']).value.mean()
     pd.testing.assert_series_equal(pick(res), pick(first), atol=1e-4)
+    # the fine-tuned weights: new sha256, their lineage in the card, evaluated under their own key, the training facts kept
+    tuned, before = json.loads((tmp_path / 'rel' / 'release128.json').read_text()), json.loads((tmp_path / 'evaluated.json').read_text())
+    assert tuned['sha256'] == sha256_file(tmp_path / 'rel' / 'release128.safetensors') != before['sha256']
+    assert tuned['card']['finetune']['from_sha256'] == before['sha256'] and tuned['card']['finetune']['recipe']['steps'] == 2
+    for k in ('data', 'steps', 'train_seconds', 'recipe'): assert tuned['card'][k] == trained['card'][k], k
+    assert tuned['card']['machine']['training'] == trained['card']['machine']['training'] and tuned['card']['scores']
+    assert tuned['blend']['chosen_on'].startswith('4 validation faces') and '[finetune] wrote release128.safetensors' in r.stdout
+    assert (tmp_path / 'runs3' / 'release_gpu' / 'finetune').exists() and not (tmp_path / 'runs3' / 'release_gpu' / 'stage2').exists()
+    res3 = pd.read_csv(tmp_path / 'figs3' / 'results_release_gpu.csv')
+    assert set(res3[res3.experiment.str.startswith('t6_row9')].config_hash) == {'shipped-' + tuned['sha256'][:16]}
 
 
 def test_shipped_evaluation_refuses_what_it_cannot_do(tmp_path):
@@ -89,3 +105,8 @@ def test_shipped_evaluation_refuses_what_it_cannot_do(tmp_path):
     other = ({'release', 'release_gpu'} - {read_release_record()['card']['profile']}).pop()   # the profile that did not make them
     with pytest.raises(UserError, match='made by profile'):
         reproduce(other, runs=tmp_path, figures=tmp_path / 'f', shipped=True)
+    from twostage.reproduce import RELEASE_FINETUNE
+    with pytest.raises(UserError, match='with shipped=True'):
+        reproduce('release_gpu', runs=tmp_path, figures=tmp_path / 'f', finetune=RELEASE_FINETUNE)
+    with pytest.raises(UserError, match='made by profile'):
+        reproduce(other, runs=tmp_path, figures=tmp_path / 'f', shipped=True, finetune=RELEASE_FINETUNE)

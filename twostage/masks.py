@@ -14,10 +14,10 @@ from PIL import Image
 from .core import mask_to_tensor
 
 # %% auto #0
-__all__ = ['LAMA', 'EYEFRAME_STYLES', 'BUCKETS', 'MIX', 'FAMILIES', 'EVAL_FAMILIES', 'freeform_mask', 'lama_irregular',
-           'lama_boxes', 'lama_mask', 'box_mask', 'center_mask', 'eyeband_mask', 'eyeframe_mask', 'bucket_of',
-           'bucketed_mask', 'mixed_mask', 'make_mask', 'mask_batch', 'stroke_width', 'mask_stats', 'mask_rng',
-           'write_eval_masks', 'load_eval_masks', 'fig_masks']
+__all__ = ['LAMA', 'EYEFRAME_STYLES', 'BUCKETS', 'MIX', 'MIX_THIN', 'FAMILIES', 'EVAL_FAMILIES', 'freeform_mask',
+           'lama_irregular', 'lama_boxes', 'lama_mask', 'box_mask', 'center_mask', 'eyeband_mask', 'eyeframe_mask',
+           'bucket_of', 'bucketed_mask', 'mixed_mask', 'make_mask', 'mask_batch', 'stroke_width', 'mask_stats',
+           'mask_rng', 'write_eval_masks', 'load_eval_masks', 'fig_masks']
 
 # %% ../nbs/02_masks.ipynb #6cf9c7f5
 def _rng(rng) -> np.random.Generator:
@@ -243,6 +243,7 @@ def bucketed_mask(size, rng=None,
 
 # %% ../nbs/02_masks.ipynb #ac8d5275
 MIX = {'freeform': 0.3, 'thin': 0.1, 'medium': 0.15, 'thick': 0.15, 'box': 0.1, 'eyeband': 0.2}
+MIX_THIN = {'freeform': 0.2, 'thin': 0.35, 'medium': 0.15, 'thick': 0.1, 'box': 0.1, 'eyeband': 0.1}   # not in the paper
 
 def mixed_mask(size, rng=None,
                mix: dict | None = None, # family -> probability (normalised); default `MIX`
@@ -263,6 +264,7 @@ FAMILIES = {
     'eyeframe': eyeframe_mask,
     'bucketed': bucketed_mask,
     'mixed': mixed_mask,
+    'mixed_thin': lambda size, rng=None: mixed_mask(size, rng, mix=MIX_THIN),
 }
 
 def make_mask(family: str, # a key of FAMILIES

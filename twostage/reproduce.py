@@ -5,7 +5,7 @@
 # %% ../nbs/17_reproduce.ipynb #ec8591d2
 from __future__ import annotations
 import json, time
-from dataclasses import replace
+from dataclasses import replace, dataclass, asdict
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -28,10 +28,23 @@ from .models.blend import EdgeBlend
 T6_LABELS = {i: m for i, (m, _) in TABLE6_ROWS.items()}   # Table 6 row -> its module set, for tables and figures
 
 # %% auto #0
-__all__ = ['T6_LABELS', 'GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM_PEERS', 'IRREGULAR', 'GPU_COMMAND', 'score_peers', 'reproduce',
-           'write_uncertainty', 'write_stage2_study', 'write_glasses_claim', 'release_card', 'main', 'pack_for_gpu']
+__all__ = ['T6_LABELS', 'RELEASE_FINETUNE', 'GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM_PEERS', 'IRREGULAR', 'GPU_COMMAND', 'Finetune',
+           'score_peers', 'reproduce', 'write_uncertainty', 'write_stage2_study', 'write_glasses_claim', 'release_card',
+           'finetune_shipped', 'main', 'pack_for_gpu']
 
 # %% ../nbs/17_reproduce.ipynb #2eecbc20
+@dataclass(frozen=True)
+class Finetune:
+    "How the shipped generator is trained further (not in the paper): both stages together, from its weights, on a mask mix."
+    steps: int = 600                 # joint steps
+    batch_size: int = 16
+    lr: float = 2e-4                 # the generator's learning rate (the profile's schedule); the discriminators get half of it
+    mask_family: str = 'mixed_thin'  # a `twostage.masks.FAMILIES` name: more thin strokes than the training mix
+    adv_warmup: int = 100            # steps without the generator's adversarial term: stage 2's discriminator starts afresh
+    seed: int = 0
+
+RELEASE_FINETUNE = Finetune()   # the recipe of the shipped weights' fine-tune (`make release-finetune`, `finetune_shipped`)
+
 def _protocol(profile: Profile, size: int) -> dict:
     return {'size': size, 'families': list(profile.families), 'n_test': profile.n_test, 'n_glasses': profile.n_glasses}
 
@@ -144,9 +157,12 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
               stage2: bool = False, # also train the stage-2 study (`twostage.experiments.STAGE2_STUDY`; `make stage2`)
               glasses_claim: bool = True, # evaluate Table 6 and the peers on the eye-frame holes of the eyeglasses faces
               shipped: bool = False, # a release profile: evaluate the shipped weights (in `release_to`) instead of training row 9
+              finetune: Finetune | None = None, # with `shipped`: first train the shipped weights further (`finetune_shipped`)
               log=print) -> dict:
     "Run the main job of a profile end to end; returns the paths it wrote."
     t0 = time.time()
+    if finetune is not None and not shipped:
+        raise UserError("finetune trains the shipped weights further: use it with shipped=True (--shipped --finetune)")
     prof = get_profile(profile) if isinstance(profile, str) else profile
     if precision: prof = replace(prof, train=replace(prof.train, precision=precision))
     runs_root = runs_dir(runs)
@@ -160,10 +176,12 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
             raise UserError(f"shipped=True evaluates the released weights on a release profile's protocol ({', '.join(RELEASE_PROFILES)}), not {prof.name!r}")
         if set(experiments or ['t6_row9']) != {'t6_row9'} or seeds or stage2:
             raise UserError("shipped=True evaluates the released weights, Table 6's row 9: no other row, seed or study can run from them")
-        from twostage.release import release_checkpoint
-        shipped_ck, shipped_rec = release_checkpoint(folder=release_to or None)
-        if (made := shipped_rec.get('card', {}).get('profile')) not in (None, prof.name):
+        from twostage.release import release_checkpoint, read_release_record
+        if (made := read_release_record(folder=release_to or None).get('card', {}).get('profile')) not in (None, prof.name):
             raise UserError(f"the released weights were made by profile {made!r}: evaluate them with --profile {made}")
+        if finetune is not None:   # the shipped file is replaced by the fine-tuned one, which is then evaluated
+            finetune_shipped(finetune, prof, data=data, runs=runs, device=device, folder=release_to or None, progress=progress, log=log)
+        shipped_ck, shipped_rec = release_checkpoint(folder=release_to or None)
         shipped_key = f"shipped-{shipped_rec['sha256'][:16]}"   # results of the shipped file, apart from any trained run's
         experiments = ['t6_row9']
         log(f"[shipped] {shipped_rec['file']} (sha256 {shipped_rec['sha256'][:16]}...), made by profile {made}: evaluated, not trained")
@@ -517,6 +535,59 @@ def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, mac
                    'train': {k: v for k, v in tc.to_dict().items() if k not in ('log_every', 'sample_every', 'num_workers')}},
         'protocol': protocol, 'scores': scores}
 
+# %% ../nbs/17_reproduce.ipynb #bb6b1dad
+def finetune_shipped(ft: Finetune, profile, data=None, runs=None, device=None,
+                     name: str | None = None, # the release's name (default `twostage.release.RELEASE_NAME`)
+                     folder=None,           # the release's folder (default: the package's assets)
+                     progress: bool = True, log=print) -> dict:
+    "Train the shipped generator further as `ft` says and write the result as the shipped weights; returns the new record."
+    from twostage.release import release_checkpoint, export_release, RELEASE_NAME
+    from twostage.train import Trainer, TrainCfg
+    from twostage.losses import LossCfg
+    from twostage.models.twostage import ModelCfg
+    from twostage.masks import FAMILIES
+    from twostage.core import atomic_save
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    if ft.mask_family not in FAMILIES: raise UserError(f"unknown mask family {ft.mask_family!r}; valid: {', '.join(FAMILIES)}")
+    if ft.steps < 1 or ft.batch_size < 1 or not ft.lr > 0: raise UserError(f"a fine-tune needs steps, batch size and lr > 0, got {ft}")
+    name = name or RELEASE_NAME
+    ck, rec = release_checkpoint(name, folder)
+    card = rec.get('card') or {}
+    if (made := card.get('profile')) not in (None, prof.name):
+        raise UserError(f"the released weights were made by profile {made!r}: fine-tune them with --profile {made}")
+    if card.get('finetune'):
+        raise UserError(f"{rec['file']} (sha256 {rec['sha256'][:12]}...) is already fine-tuned, from {card['finetune']['from_sha256'][:12]}...: "
+                        "a second fine-tune would stack on the first. Restore the weights it started from (git checkout of the "
+                        "release files, or the init.pt in its run folder) to fine-tune them again; to evaluate them, "
+                        "`make release-eval` (--shipped without --finetune)")
+    faces = prof.faces(data); did = data_id(faces, prof)
+    mc, lc = ModelCfg.from_dict(rec['model_cfg']), LossCfg.from_dict(rec['loss_cfg'])
+    tc = replace(TrainCfg.from_dict(rec['train_cfg']), steps_joint=ft.steps, batch_size=ft.batch_size, lr_g_fine=ft.lr,
+                 lr_d=ft.lr / 2, adv_warmup=ft.adv_warmup, mask_family=ft.mask_family, seed=ft.seed, num_workers=0,
+                 precision=prof.train.precision, channels_last=prof.train.channels_last)
+    tc, choice = resolve_precision(tc, mc, device, log=log if progress else None, loss_cfg=lc)
+    out = runs_dir(runs) / prof.name / 'finetune' / stable_hash(['finetune', rec['sha256'], asdict(ft), tc.key_dict(), did])
+    out.mkdir(parents=True, exist_ok=True)
+    init = out / 'init.pt'
+    if not init.exists(): atomic_save(ck, init)   # the weights it starts from, kept: the shipped file is replaced at the end
+    log(f"[finetune] {rec['file']} (sha256 {rec['sha256'][:16]}...): {ft.steps} joint steps, batch {ft.batch_size}, lr {ft.lr:g}, "
+        f"masks {ft.mask_family!r}, {choice.precision}{' + channels_last' if choice.channels_last else ''}, in {out}")
+    t = Trainer(mc, lc, tc, faces.dataset('train', cache=True), out, stage='joint', init=init, val_dataset=faces.dataset('val'),
+                device=device, progress=progress, data_info={'id': did}, precision_choice=choice)
+    last = t.fit(resume=True)
+    secs = round(_train_seconds(out / 'losses.csv'), 1)
+    block = {'from_sha256': rec['sha256'], 'recipe': asdict(ft), 'seconds': secs,
+             'machine': {'precision': t.trained_with['precision'], 'threads': t.trained_with['threads'],
+                         'capability': (t.trained_with['precision'] or {}).get('capability')},
+             'data': {'root': str(faces.root), 'train_faces': len(faces.train)}, 'when': time.strftime('%Y-%m-%d'),
+             'code_version': code_version()}
+    new_card = {k: v for k, v in card.items() if k not in ('scores', 'evaluated', 'protocol', 'machine')}   # scores: the next evaluation's
+    new_card |= {'machine': {'training': (card.get('machine') or {}).get('training')}, 'finetune': block}
+    new = export_release(last, name, folder, card=new_card, blend=rec.get('blend'))
+    log(f"[finetune] wrote {new['file']} (sha256 {new['sha256'][:16]}...) after {secs:.0f} s of training; "
+        f"the weights it started from stay in {init}")
+    return new
+
 # %% ../nbs/17_reproduce.ipynb #5778e1cb
 @guard('twostage-reproduce')
 def main(argv=None):
@@ -532,6 +603,8 @@ def main(argv=None):
     p.add_argument('--stage2', action='store_true', help="also train the stage-2 study: the full model's stage 2 trained otherwise")
     p.add_argument('--shipped', action='store_true', help="a release profile: evaluate the shipped weights instead of training them "
                    "(rebuilds figures/release, re-chooses the edge blend and rewrites the weights' record; the weights are untouched)")
+    p.add_argument('--finetune', action='store_true', help="with --shipped: first train the shipped weights further "
+                   "(RELEASE_FINETUNE: both stages, more thin strokes), write them as the shipped weights, then evaluate them")
     p.add_argument('--precision', choices=['auto', 'fp32', 'bf16'],
                    help="override the profile's precision (default 'auto': what is fastest on this machine)")
     a = p.parse_args(argv)
@@ -544,7 +617,8 @@ def main(argv=None):
     exps = a.experiments.split(',') if a.experiments else (['t6_row9'] if rel else None)
     reproduce(a.profile, a.data, a.runs, a.figures, a.device, exps,
               peers=not a.no_peers, make_figures=not a.no_figures, precision=a.precision, release_to='' if rel else None,
-              seeds=a.seeds, stage2=a.stage2, shipped=a.shipped)
+              seeds=a.seeds, stage2=a.stage2, shipped=a.shipped,
+              finetune=RELEASE_FINETUNE if a.finetune else None)
 
 # %% ../nbs/17_reproduce.ipynb #64de20c9
 GPU_COMMAND = ('PYTHONPATH=.:{pack}/site TWOSTAGE_WEIGHTS={pack}/weights python3 -c "from twostage.reproduce import main; main()" '
