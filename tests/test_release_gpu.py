@@ -55,11 +55,11 @@ def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, (r.stdout[-1500:], r.stderr[-1500:])
     assert '[peer] mean_fill: from cache' in r.stdout, r.stdout[-1500:]   # the run read the peers scored beforehand
-    card = json.loads((tmp_path / 'evaluated.json').read_text())['card']   # the record before the fine-tune at the end
+    rel = json.loads((tmp_path / 'evaluated.json').read_text())   # the record before the fine-tune at the end
+    card = rel['card']
     assert card['profile'] == 'release_gpu', card.get('profile')
     assert (tmp_path / 'rel' / 'release128.safetensors').exists()
     # the edge blend: chosen on 4 validation faces, recorded, and the card's model scores are the blended output's
-    rel = json.loads((tmp_path / 'evaluated.json').read_text())
     assert rel['blend']['chosen_on'].startswith('4 validation faces') and '[blend] EdgeBlend(' in r.stdout, r.stdout[-1500:]
     assert set(card['scores']['all']['medium']) >= {'twostage', 'twostage_network', 'mean_fill'}
     assert (tmp_path / 'figs' / 'blend_release_gpu.csv').exists()
@@ -81,7 +81,7 @@ def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
     pick = lambda d: d[(d.experiment == 't6_row9') & (d.bucket == 'all')].groupby(['subset', 'metric']).value.mean()
     pd.testing.assert_series_equal(pick(res), pick(first), atol=1e-4)
     # the fine-tuned weights: new sha256, their lineage in the card, evaluated under their own key, the training facts kept
-    tuned, before = json.loads((tmp_path / 'rel' / 'release128.json').read_text()), json.loads((tmp_path / 'evaluated.json').read_text())
+    tuned, before = json.loads((tmp_path / 'rel' / 'release128.json').read_text()), rel
     assert tuned['sha256'] == sha256_file(tmp_path / 'rel' / 'release128.safetensors') != before['sha256']
     assert tuned['card']['finetune']['from_sha256'] == before['sha256'] and tuned['card']['finetune']['recipe']['steps'] == 2
     for k in ('data', 'steps', 'train_seconds', 'recipe'): assert tuned['card'][k] == trained['card'][k], k

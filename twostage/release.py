@@ -110,6 +110,7 @@ def update_release_record(name: str = RELEASE_NAME, folder=None,
     return rec
 
 # %% ../nbs/23_release.ipynb #3aef6a67
+# (near, far, tau[, near_slope, far_slope]); the first is no blend
 BLEND_GRID = ((0.0, 0.0, 1.0), (1.0, 0.0, 4.0), (1.0, 0.0, 8.0), (0.9, 0.0, 8.0), (1.0, 0.25, 2.0), (1.0, 0.25, 4.0),
               (1.0, 0.5, 2.0), (1.0, 0.5, 4.0), (0.8, 0.25, 4.0), (0.8, 0.35, 4.0), (0.7, 0.35, 4.0), (0.9, 0.35, 4.0),
               # with the hole-share terms (near, far, tau, near_slope, far_slope): `EdgeBlend`'s "The hole's size"
@@ -117,7 +118,6 @@ BLEND_GRID = ((0.0, 0.0, 1.0), (1.0, 0.0, 4.0), (1.0, 0.0, 8.0), (0.9, 0.0, 8.0)
               (0.7, 0.35, 4.0, 3.0, 2.5),
               # lighter ones, for a network that needs less of the smooth fill (the fine-tuned release)
               (0.65, 0.3, 4.0, 3.0, 2.0), (0.6, 0.3, 4.0, 3.0, 2.0), (0.55, 0.3, 4.0, 3.0, 2.0), (0.6, 0.25, 4.0, 3.0, 2.0))
-# (near, far, tau[, near_slope, far_slope]); the first is no blend
 BLEND_UNITS = {'psnr': 1.0, 'ssim': 0.01}          # margins in these units (a perceptual distance: 0.01) for the tie-break
 
 @torch.no_grad()

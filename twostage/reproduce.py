@@ -32,7 +32,8 @@ __all__ = ['T6_LABELS', 'RELEASE_FINETUNE', 'GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM
            'score_peers', 'reproduce', 'write_uncertainty', 'write_stage2_study', 'write_glasses_claim', 'release_card',
            'finetune_shipped', 'main', 'pack_for_gpu']
 
-# %% ../nbs/17_reproduce.ipynb #2eecbc20
+# %% ../nbs/17_reproduce.ipynb #5c7d71ef
+# the release's fine-tune recipe, defined before `reproduce` (which takes one); what it does: "Training the shipped weights further" below
 @dataclass(frozen=True)
 class Finetune:
     "How the shipped generator is trained further (not in the paper): both stages together, from its weights, on a mask mix."
@@ -45,6 +46,7 @@ class Finetune:
 
 RELEASE_FINETUNE = Finetune()   # the recipe of the shipped weights' fine-tune (`make release-finetune`, `finetune_shipped`)
 
+# %% ../nbs/17_reproduce.ipynb #3b1761fe
 def _protocol(profile: Profile, size: int) -> dict:
     return {'size': size, 'families': list(profile.families), 'n_test': profile.n_test, 'n_glasses': profile.n_glasses}
 
@@ -501,7 +503,10 @@ def _train_seconds(losses_csv) -> float:
 
 def _run_record(ckpt_path) -> dict:
     "How a stage run was trained (precision, threads), from its done.json; threads are missing from records before 0.1.1."
-    rec = read_record(Path(ckpt_path).parent)
+    return _machine(read_record(Path(ckpt_path).parent))
+
+def _machine(rec: dict) -> dict:
+    "A card's training machine from a run's {'precision': `PrecisionChoice.to_dict()`, 'threads': n} (a record or `Trainer.trained_with`)."
     return {'precision': rec.get('precision'), 'threads': rec.get('threads') or 'not recorded', 'capability': (rec.get('precision') or {}).get('capability')}
 
 def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, machine: dict, full: str = 't6_row9',
@@ -576,12 +581,10 @@ def finetune_shipped(ft: Finetune, profile, data=None, runs=None, device=None,
                 device=device, progress=progress, data_info={'id': did}, precision_choice=choice)
     last = t.fit(resume=True)
     secs = round(_train_seconds(out / 'losses.csv'), 1)
-    block = {'from_sha256': rec['sha256'], 'recipe': asdict(ft), 'seconds': secs,
-             'machine': {'precision': t.trained_with['precision'], 'threads': t.trained_with['threads'],
-                         'capability': (t.trained_with['precision'] or {}).get('capability')},
+    block = {'from_sha256': rec['sha256'], 'recipe': asdict(ft), 'seconds': secs, 'machine': _machine(t.trained_with),
              'data': {'root': str(faces.root), 'train_faces': len(faces.train)}, 'when': time.strftime('%Y-%m-%d'),
              'code_version': code_version()}
-    new_card = {k: v for k, v in card.items() if k not in ('scores', 'evaluated', 'protocol', 'machine')}   # scores: the next evaluation's
+    new_card = {k: v for k, v in card.items() if k not in ('scores', 'evaluated', 'protocol')}   # scores: the next evaluation's
     new_card |= {'machine': {'training': (card.get('machine') or {}).get('training')}, 'finetune': block}
     new = export_release(last, name, folder, card=new_card, blend=rec.get('blend'))
     log(f"[finetune] wrote {new['file']} (sha256 {new['sha256'][:16]}...) after {secs:.0f} s of training; "
