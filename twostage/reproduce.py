@@ -37,7 +37,7 @@ __all__ = ['T6_LABELS', 'RELEASE_FINETUNE', 'GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM
 @dataclass(frozen=True)
 class Finetune:
     "How the shipped generator is trained further (not in the paper): both stages together, from its weights, on a mask mix."
-    steps: int = 600                 # joint steps
+    steps: int = 1200                # joint steps
     batch_size: int = 16
     lr: float = 2e-4                 # the generator's learning rate (the profile's schedule); the discriminators get half of it
     mask_family: str = 'mixed_thin'  # a `twostage.masks.FAMILIES` name: more thin strokes than the training mix
