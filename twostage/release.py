@@ -117,7 +117,10 @@ BLEND_GRID = ((0.0, 0.0, 1.0), (1.0, 0.0, 4.0), (1.0, 0.0, 8.0), (0.9, 0.0, 8.0)
               (0.7, 0.35, 4.0, 2.0, 1.5), (0.7, 0.3, 4.0, 2.0, 2.0), (0.7, 0.35, 4.0, 3.0, 2.0), (0.65, 0.35, 4.0, 3.0, 2.0),
               (0.7, 0.35, 4.0, 3.0, 2.5),
               # lighter ones, for a network that needs less of the smooth fill (the fine-tuned release)
-              (0.65, 0.3, 4.0, 3.0, 2.0), (0.6, 0.3, 4.0, 3.0, 2.0), (0.55, 0.3, 4.0, 3.0, 2.0), (0.6, 0.25, 4.0, 3.0, 2.0))
+              (0.65, 0.3, 4.0, 3.0, 2.0), (0.6, 0.3, 4.0, 3.0, 2.0), (0.55, 0.3, 4.0, 3.0, 2.0), (0.6, 0.25, 4.0, 3.0, 2.0),
+              # heavier ones whose weight falls across the fill's own edges (..., edge_scale): `EdgeBlend`'s "Edges in the fill"
+              (0.7, 0.3, 4.0, 2.0, 2.0, 0.2), (0.8, 0.35, 4.0, 2.0, 2.0, 0.2), (0.9, 0.35, 4.0, 2.0, 2.0, 0.2),
+              (0.9, 0.35, 4.0, 2.0, 2.0, 0.1))
 BLEND_UNITS = {'psnr': 1.0, 'ssim': 0.01}          # margins in these units (a perceptual distance: 0.01) for the tie-break
 
 @torch.no_grad()
@@ -126,7 +129,7 @@ def tune_blend(model,               # a TwoStage generator (no blend attached), 
                families=('thin', 'medium', 'thick', 'freeform', 'center', 'eyeband'),
                perceptual=None,     # a perceptual metric (`twostage.metrics.build_perceptual_metric`), or None
                peers=('biharmonic', 'telea', 'navier_stokes'),
-               grid=BLEND_GRID,     # candidates (near, far, tau) or (near, far, tau, near_slope, far_slope)
+               grid=BLEND_GRID,     # candidates (near, far, tau), + (near_slope, far_slope), + (edge_scale,): `_grid_blend`
                seed: int = 1,       # mask seed (the evaluation masks use the profile's seed, 0)
                batch_size: int = 32, device=None, progress: bool = False) -> tuple:
     "(choice: {'params', 'chosen_on', 'wins', 'shortfall'}, scores: one row per candidate or peer, family and metric)."
@@ -165,12 +168,14 @@ def tune_blend(model,               # a TwoStage generator (no blend attached), 
     return choice, df
 
 def _grid_blend(g) -> EdgeBlend:
-    "A candidate of the grid: (near, far, tau), or (near, far, tau, near_slope, far_slope) with the hole-share terms."
-    return EdgeBlend(g[0], g[1], g[2], near_slope=g[3] if len(g) > 3 else 0., far_slope=g[4] if len(g) > 4 else 0.)
+    "A candidate of the grid: (near, far, tau), + (near_slope, far_slope) with the hole-share terms, + (edge_scale,)."
+    return EdgeBlend(g[0], g[1], g[2], near_slope=g[3] if len(g) > 3 else 0., far_slope=g[4] if len(g) > 4 else 0.,
+                     edge_scale=g[5] if len(g) > 5 else 0.)
 
 def _blend_name(g) -> str:
     b = _grid_blend(g)
     if b.near == b.far == 0 and not (b.near_slope or b.far_slope): return 'no blend'
-    return f'blend near={b.near:g} far={b.far:g} tau={b.tau:g}' + (f' near_slope={b.near_slope:g} far_slope={b.far_slope:g}'
-                                                                  if b.near_slope or b.far_slope else '')
+    return (f'blend near={b.near:g} far={b.far:g} tau={b.tau:g}'
+            + (f' near_slope={b.near_slope:g} far_slope={b.far_slope:g}' if b.near_slope or b.far_slope else '')
+            + (f' edge_scale={b.edge_scale:g}' if b.edge_scale else ''))
 

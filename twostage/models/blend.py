@@ -35,6 +35,7 @@ class EdgeBlend(nn.Module):
                  near_slope: float = 0.0, # `near` falls by this times (ratio_ref - r) in an image whose hole share r is below ratio_ref
                  far_slope: float = 0.0,  # `far` moves by this times (r - ratio_ref): up in larger holes, down in smaller ones
                  ratio_ref: float = 0.25, # the hole share (of the image's pixels) at which `near` and `far` apply as given
+                 edge_scale: float = 0.0, # > 0: the weight is multiplied by exp(-g / edge_scale), g the fill's own gradient there
                 ):
         super().__init__()
         if not (0 <= far <= 1 and 0 <= near <= 1): raise ValueError(f"near and far must lie in [0, 1], got near={near}, far={far}")
@@ -42,11 +43,14 @@ class EdgeBlend(nn.Module):
         if steps < 1: raise ValueError(f"steps must be at least 1, got {steps}")
         if near_slope < 0 or far_slope < 0: raise ValueError(f"near_slope and far_slope must be >= 0, got {near_slope}, {far_slope}")
         if not 0 < ratio_ref < 1: raise ValueError(f"ratio_ref must lie in (0, 1), got {ratio_ref}")
+        if edge_scale < 0: raise ValueError(f"edge_scale must be >= 0 (0: off), got {edge_scale}")
         self.near, self.far, self.tau, self.steps = float(near), float(far), float(tau), int(steps)
         self.near_slope, self.far_slope, self.ratio_ref = float(near_slope), float(far_slope), float(ratio_ref)
+        self.edge_scale = float(edge_scale)
 
-    def weight(self, mask: torch.Tensor) -> torch.Tensor:
+    def weight(self, mask: torch.Tensor, fill: torch.Tensor | None = None) -> torch.Tensor:
         "B x 1 x H x W weight of the biharmonic fill: 0 on known pixels and in images without any known pixel."
+        if self.edge_scale > 0 and fill is None: raise ValueError("an EdgeBlend with edge_scale > 0 weighs by the fill: pass it")
         hole = (mask > 0.5).float()
         d = hole_distance(hole, self.steps)
         r = hole.mean((1, 2, 3), keepdim=True) - self.ratio_ref   # each image's hole share, from the reference share
@@ -54,7 +58,15 @@ class EdgeBlend(nn.Module):
         far = (self.far + self.far_slope * r).clamp(0, 1)
         w = far + (near - far) * torch.exp(-(d - 1).clamp(min=0) / self.tau)
         some_known = (hole.flatten(1).amin(1) < 0.5).float().view(-1, 1, 1, 1)   # a full mask: nothing to interpolate from
+        if self.edge_scale > 0: w = w * torch.exp(-self.fill_gradient(fill) / self.edge_scale)
         return w * hole * some_known
+
+    @staticmethod
+    def fill_gradient(fill: torch.Tensor) -> torch.Tensor:
+        "B x 1 x H x W: the grey fill's gradient magnitude (forward differences, in [-1, 1] units), averaged over 3 x 3 pixels."
+        x = fill.float().mean(1, keepdim=True)
+        gx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1, 0, 0)); gy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+        return F.avg_pool2d((gx * gx + gy * gy).sqrt(), 3, 1, 1)
 
     def forward(self, out: torch.Tensor,   # B x 3 x H x W composited output in [-1, 1]
                 image: torch.Tensor,       # B x 3 x H x W, the input (hole pixels are ignored)
@@ -62,7 +74,7 @@ class EdgeBlend(nn.Module):
                 fill: torch.Tensor | None = None, # the biharmonic fill of the holes, if already computed
                ) -> torch.Tensor:
         if fill is None: fill = self.fill(image, mask)
-        w = self.weight(mask).to(out.dtype)
+        w = self.weight(mask, fill).to(out.dtype)
         return out + w * (fill.to(out.dtype) - out)
 
     @staticmethod
@@ -73,8 +85,9 @@ class EdgeBlend(nn.Module):
 
     def to_dict(self) -> dict:
         return {'near': self.near, 'far': self.far, 'tau': self.tau, 'steps': self.steps,
-                'near_slope': self.near_slope, 'far_slope': self.far_slope, 'ratio_ref': self.ratio_ref}
-    def extra_repr(self) -> str:   # the hole-share terms only where they do something
+                'near_slope': self.near_slope, 'far_slope': self.far_slope, 'ratio_ref': self.ratio_ref, 'edge_scale': self.edge_scale}
+    def extra_repr(self) -> str:   # the hole-share and edge terms only where they do something
         d = self.to_dict()
-        if not (self.near_slope or self.far_slope): d = {k: d[k] for k in ('near', 'far', 'tau', 'steps')}
+        if not (self.near_slope or self.far_slope): d = {k: v for k, v in d.items() if k not in ('near_slope', 'far_slope', 'ratio_ref')}
+        if not self.edge_scale: d.pop('edge_scale')
         return ', '.join(f'{k}={v:g}' for k, v in d.items())
