@@ -169,8 +169,7 @@ def tune_blend(model,               # a TwoStage generator (no blend attached), 
 
 def _grid_blend(g) -> EdgeBlend:
     "A candidate of the grid: (near, far, tau), + (near_slope, far_slope) with the hole-share terms, + (edge_scale,)."
-    return EdgeBlend(g[0], g[1], g[2], near_slope=g[3] if len(g) > 3 else 0., far_slope=g[4] if len(g) > 4 else 0.,
-                     edge_scale=g[5] if len(g) > 5 else 0.)
+    return EdgeBlend(*g[:3], **dict(zip(('near_slope', 'far_slope', 'edge_scale'), g[3:])))
 
 def _blend_name(g) -> str:
     b = _grid_blend(g)
