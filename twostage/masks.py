@@ -14,7 +14,7 @@ from PIL import Image
 from .core import mask_to_tensor
 
 # %% auto #0
-__all__ = ['LAMA', 'EYEFRAME_STYLES', 'BUCKETS', 'MIX', 'MIX_THIN', 'FAMILIES', 'EVAL_FAMILIES', 'freeform_mask',
+__all__ = ['LAMA', 'EYEFRAME_STYLES', 'BUCKETS', 'MIX', 'MIX_THIN', 'FAMILIES', 'EVAL_FAMILIES', 'IRREGULAR', 'freeform_mask',
            'lama_irregular', 'lama_boxes', 'lama_mask', 'box_mask', 'center_mask', 'eyeband_mask', 'eyeframe_mask',
            'bucket_of', 'bucketed_mask', 'mixed_mask', 'make_mask', 'mask_batch', 'stroke_width', 'mask_stats',
            'mask_rng', 'write_eval_masks', 'load_eval_masks', 'fig_masks']
@@ -309,6 +309,7 @@ def mask_stats(families=None,  # names (default: all of FAMILIES)
 
 # %% ../nbs/02_masks.ipynb #de04a75e
 EVAL_FAMILIES = ('thin', 'medium', 'thick', 'freeform', 'box', 'center', 'eyeband', 'bucketed')
+IRREGULAR = ('thin', 'medium', 'thick', 'freeform')   # the stroke and free-form families: irregular holes of every size
 
 def mask_rng(seed: int, family: str, index: int, bucket: int = 0) -> np.random.Generator:
     "The generator of evaluation mask `index` of `family` (stable across runs and machines)."

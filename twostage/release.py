@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json, hashlib
 from pathlib import Path
+import numpy as np
 import torch
 import pandas as pd
 from .core import get_device, atomic_write, UserError
@@ -120,7 +121,9 @@ BLEND_GRID = ((0.0, 0.0, 1.0), (1.0, 0.0, 4.0), (1.0, 0.0, 8.0), (0.9, 0.0, 8.0)
               (0.65, 0.3, 4.0, 3.0, 2.0), (0.6, 0.3, 4.0, 3.0, 2.0), (0.55, 0.3, 4.0, 3.0, 2.0), (0.6, 0.25, 4.0, 3.0, 2.0),
               # heavier ones whose weight falls across the fill's own edges (..., edge_scale): `EdgeBlend`'s "Edges in the fill"
               (0.7, 0.3, 4.0, 2.0, 2.0, 0.2), (0.8, 0.35, 4.0, 2.0, 2.0, 0.2), (0.9, 0.35, 4.0, 2.0, 2.0, 0.2),
-              (0.9, 0.35, 4.0, 2.0, 2.0, 0.1))
+              (0.9, 0.35, 4.0, 2.0, 2.0, 0.1),
+              # the same, with less of the fill in small holes (a steeper near_slope): for the hole-size buckets of the goal
+              (0.9, 0.35, 4.0, 4.0, 2.0, 0.2), (0.9, 0.35, 4.0, 5.0, 2.0, 0.2), (0.9, 0.35, 4.0, 6.0, 2.0, 0.2))
 BLEND_UNITS = {'psnr': 1.0, 'ssim': 0.01}          # margins in these units (a perceptual distance: 0.01) for the tie-break
 
 @torch.no_grad()
@@ -131,27 +134,33 @@ def tune_blend(model,               # a TwoStage generator (no blend attached), 
                peers=('biharmonic', 'telea', 'navier_stokes'),
                grid=BLEND_GRID,     # candidates (near, far, tau), + (near_slope, far_slope), + (edge_scale,): `_grid_blend`
                seed: int = 1,       # mask seed (the evaluation masks use the profile's seed, 0)
+               by_hole_size: bool = True, # also score the irregular families pooled per hole-share bucket (`bucket_of`)
+               min_bucket_faces: int = 10, # ... a bucket counts where at least this many faces have a mask in it
                batch_size: int = 32, device=None, progress: bool = False) -> tuple:
-    "(choice: {'params', 'chosen_on', 'wins', 'shortfall'}, scores: one row per candidate or peer, family and metric)."
-    from twostage.masks import make_mask, mask_rng
+    "(choice: {'params', 'chosen_on', 'wins', 'shortfall'}, scores: one row per candidate or peer, family (or 'holes <bucket>') and metric)."
+    from twostage.masks import make_mask, mask_rng, bucket_of, IRREGULAR
     from twostage.peers import inpaint_peer
     from twostage.metrics import psnr, ssim
     if model.blend is not None: raise ValueError("tune_blend needs the network's own output: set model.blend = None first")
     if not peers: raise ValueError("tune_blend needs at least one peer to compare the candidates with")
     dev = next(model.parameters()).device if device is None else torch.device(device)
-    S, rows = images.shape[-1], []
-    def score(name, fam, out, img):
+    S, rows, per = images.shape[-1], [], []   # per: per-face scores of the irregular families, for the hole-size buckets
+    def score(name, fam, out, img, buckets=None):
         m = {'psnr': psnr(out, img), 'ssim': ssim(out, img)}
         if perceptual is not None: m[perceptual.name] = perceptual(out, img).numpy()
         rows.extend({'method': name, 'family': fam, 'metric': k, 'value': float(v.mean()), 'n': len(img)} for k, v in m.items())
+        if buckets is not None:
+            per.append(pd.DataFrame({'method': name, 'face': range(len(img)), 'bucket': buckets, **{k: np.asarray(v) for k, v in m.items()}}))
     for fam in families:
         masks = torch.stack([torch.from_numpy(make_mask(fam, S, mask_rng(seed, fam, i))) for i in range(len(images))])[:, None].float()
         outs = torch.cat([model(images[b:b + batch_size].to(dev), masks[b:b + batch_size].to(dev))['out'].float().cpu()
                           for b in range(0, len(images), batch_size)])
         fill = EdgeBlend.fill(images, masks)   # the fill the shipped blend mixes in; the peer 'biharmonic' is scikit-image's
-        for p in peers: score(f'peer_{p}', fam, inpaint_peer(p, images, masks), images)
-        for g in grid: score(_blend_name(g), fam, _grid_blend(g)(outs, images, masks, fill=fill).clamp(-1, 1), images)
+        bk = [bucket_of(r) for r in masks.flatten(1).double().mean(1).tolist()] if by_hole_size and fam in IRREGULAR else None
+        for p in peers: score(f'peer_{p}', fam, inpaint_peer(p, images, masks), images, bk)
+        for g in grid: score(_blend_name(g), fam, _grid_blend(g)(outs, images, masks, fill=fill).clamp(-1, 1), images, bk)
         if progress: print(f"[blend] {fam}: {len(images)} validation faces scored", flush=True)
+    if per: rows.extend(_bucket_rows(pd.concat(per, ignore_index=True), min_bucket_faces))
     df = pd.DataFrame(rows)
     wide = df.pivot_table(index=['family', 'metric'], columns='method', values='value')
     cands = [_blend_name(g) for g in grid]; pcols = [f'peer_{p}' for p in peers]
@@ -161,11 +170,21 @@ def tune_blend(model,               # a TwoStage generator (no blend attached), 
     marg = marg.div([BLEND_UNITS.get(k, 0.01) for k in wide.index.get_level_values('metric')], axis=0)
     wins, short, worst = (marg > 0).sum(), marg.clip(upper=0).sum(), marg.min()
     pick = max(range(len(grid)), key=lambda i: (wins.iloc[i], short.iloc[i], worst.iloc[i]))   # then the strongest weakest pair
+    nb = df.family[df.family.str.startswith('holes ')].nunique()
     choice = {'params': _grid_blend(grid[pick]).to_dict(), 'wins': int(wins.iloc[pick]), 'of': int(len(marg)),
               'shortfall': round(float(short.iloc[pick]), 3), 'peers': list(peers),
-              'chosen_on': f'{len(images)} validation faces x {len(families)} mask families (mask seed {seed})'}
+              'chosen_on': f'{len(images)} validation faces x {len(families)} mask families (mask seed {seed})'
+                           + (f' + {nb} hole-share buckets of the irregular ones' if nb else '')}
     df['wins'] = df.method.map(dict(zip(cands, wins.tolist()))); df['shortfall'] = df.method.map(dict(zip(cands, short.round(3).tolist())))
     return choice, df
+
+def _bucket_rows(per: pd.DataFrame, min_faces: int) -> list:
+    "Rows 'holes <bucket>' of `tune_blend`'s scores: a face's masks in one bucket averaged, then the mean over faces (as `margins.md`)."
+    long = per.melt(id_vars=['method', 'face', 'bucket'], var_name='metric')
+    face = long.groupby(['method', 'bucket', 'metric', 'face'])['value'].mean()
+    agg = face.groupby(['method', 'bucket', 'metric']).agg(['mean', 'size']).reset_index()
+    return [{'method': r.method, 'family': f'holes {r.bucket}', 'metric': r.metric, 'value': float(r['mean']), 'n': int(r['size'])}
+            for _, r in agg[agg['size'] >= min_faces].iterrows()]
 
 def _grid_blend(g) -> EdgeBlend:
     "A candidate of the grid: (near, far, tau), + (near_slope, far_slope) with the hole-share terms, + (edge_scale,)."

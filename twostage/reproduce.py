@@ -28,8 +28,8 @@ from .models.blend import EdgeBlend
 T6_LABELS = {i: m for i, (m, _) in TABLE6_ROWS.items()}   # Table 6 row -> its module set, for tables and figures
 
 # %% auto #0
-__all__ = ['T6_LABELS', 'RELEASE_FINETUNE', 'GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM_PEERS', 'IRREGULAR', 'GPU_COMMAND', 'Finetune',
-           'score_peers', 'reproduce', 'write_uncertainty', 'write_stage2_study', 'write_glasses_claim', 'release_card',
+__all__ = ['T6_LABELS', 'RELEASE_FINETUNE', 'GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM_PEERS', 'GPU_COMMAND', 'Finetune', 'score_peers',
+           'reproduce', 'write_uncertainty', 'write_stage2_study', 'write_glasses_claim', 'release_card',
            'finetune_shipped', 'main', 'pack_for_gpu']
 
 # %% ../nbs/17_reproduce.ipynb #5c7d71ef
@@ -67,7 +67,7 @@ def _release_blend(model, prof: Profile, faces, res_dir: Path, figs: Path, key: 
     n = min(prof.blend_val, len(faces.val))
     if not n: raise ValueError("a release run chooses its edge blend on validation faces, and this data has none")
     peers = ('biharmonic', 'telea', 'navier_stokes')   # the goal's peers, whichever the profile's tables show
-    what = [list(prof.families), [list(g) for g in BLEND_GRID], n, list(peers), perc.name if perc else None, 'cg fill']
+    what = [list(prof.families), [list(g) for g in BLEND_GRID], n, list(peers), perc.name if perc else None, 'cg fill', 'hole-share buckets']
     cache = res_dir / f'blend-{key}-{stable_hash(what)}.json'
     cached = cache.exists()
     if cached:
@@ -81,7 +81,7 @@ def _release_blend(model, prof: Profile, faces, res_dir: Path, figs: Path, key: 
     out = atomic_write(figs / f'blend_{prof.name}.csv', lambda f: scores.to_csv(f, index=False))
     how = 'from cache' if cached else f"{choice['seconds']:.0f} s"
     log(f"[blend] {EdgeBlend(**choice['params'])} chosen on {choice['chosen_on']}: ahead of the best peer on "
-        f"{choice['wins']} of {choice['of']} (family, metric) pairs there ({how})")
+        f"{choice['wins']} of {choice['of']} (family or hole-share bucket, metric) pairs there ({how})")
     return choice, out
 
 GLASSES_CLAIM_ROWS = ('t6_row9', 't6_row7', 't6_row6', 't6_row1')   # shown in the eye-frame figure, with two peers
@@ -316,7 +316,7 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     return written
 
 # %% ../nbs/17_reproduce.ipynb #336f8a45
-IRREGULAR = ('thin', 'medium', 'thick', 'freeform')   # the stroke and free-form families: irregular holes of every size
+from .masks import IRREGULAR   # the stroke and free-form families: irregular holes of every size
 
 def _release_margins(per: dict, out: Path, profile: str, metrics) -> dict:
     "margins_<profile>.csv and margins.md: the shipped output against the best peer with intervals, per family and per hole area."
