@@ -8,7 +8,7 @@ import argparse, statistics, sys, time
 import torch
 from .core import get_device
 from .cli import guard
-from .runtime import cpu_capability, native_bf16
+from .runtime import cpu_capability, native_bf16, cpu_name
 from .models.twostage import ModelCfg, PAPER_CFG, LITE_CFG, TINY_CFG, STAGES, build_model
 
 # %% auto #0
@@ -224,6 +224,12 @@ def forward_table(configs=('PAPER', 'LITE'), # names in `PRESETS`
             if out: print(f"{c:6s} {s:4d}px stage={stage} batch={batch}: {sec * 1000:8.1f} ms/image", file=out, flush=True)
     return rows
 
+def _write_csv(rows, path):
+    "Benchmark rows to a CSV, each with the machine it ran on: CPU, torch's CPU capability, native bf16, torch version."
+    import pandas as pd
+    df = pd.DataFrame(rows).assign(cpu=cpu_name(), cpu_capability=cpu_capability(), native_bf16=native_bf16(), torch=torch.__version__)
+    df.to_csv(path, index=False); return df
+
 @guard('python -m twostage.bench')
 def main(argv=None):
     "Entry point: `python -m twostage.bench forward ...`."
@@ -276,18 +282,17 @@ def main(argv=None):
     if a.cmd == 'train':
         rows = train_table(a.configs, a.sizes, a.variants, a.stages, a.batch, a.n, a.warmup, a.vgg_layers or None,
                            a.timing_vgg, a.device)
-        if a.csv:
-            import pandas as pd; pd.DataFrame(rows).to_csv(a.csv, index=False)
+        if a.csv: _write_csv(rows, a.csv)
         return rows
     if a.cmd == 'fill':
         df = fill_table(a.profile, a.n_faces, a.families, a.fills, a.peers, a.data, a.runs, perceptual=a.perceptual or None)
-        if a.csv: df.to_csv(a.csv, index=False)
+        if a.csv: _write_csv(df, a.csv)
         return df
     if a.cmd == 'recipe':
         df = recipe_table(a.variants, a.profile, a.steps, a.n_faces, a.families, None if a.peer == 'none' else a.peer,
                           a.data, a.runs, a.device, perceptual=a.perceptual or None)
         print(df.pivot(index='variant', columns='family', values='psnr').round(2).to_string())
-        if a.csv: df.to_csv(a.csv, index=False)
+        if a.csv: _write_csv(df, a.csv)
         return df
 
 # %% ../nbs/90_bench.ipynb #ca931dd0

@@ -15,7 +15,7 @@ from .core import runs_dir, figures_dir, stable_hash, atomic_write, code_version
 from .experiments import (TABLE6, TABLE6_ROWS, STAGE1, SEEDS, STAGE2_STUDY, LONG_STAGE2, PROFILES, RELEASE_PROFILES, Experiment, Profile, get_profile, train_experiment, stage_keys,
                                   data_id, plan_experiment)
 from .masks import load_eval_masks
-from .runtime import EtaMeter, cpu_capability, choose_precision
+from .runtime import EtaMeter, cpu_capability, cpu_name, choose_precision
 from .train import resolve_precision
 from .cli import guard
 from .evaluate import eval_faces, eval_masks, load_images, evaluate, summarise, model_fn, RESULT_COLUMNS
@@ -202,7 +202,7 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     plans = {}   # run folder -> steps still to train (stage-1 runs shared by several rows count once)
     for e in ([] if shipped else exps):
         for st, (folder, left, _) in plan_experiment(e, prof, faces, runs, device, log=log).items(): plans[folder] = left
-    machine = {'device': str(get_device(device)), 'cpu_capability': cpu_capability(), 'threads': torch.get_num_threads(),
+    machine = {'device': str(get_device(device)), 'cpu': cpu_name(), 'cpu_capability': cpu_capability(), 'threads': torch.get_num_threads(),
                'precision': {'precision': 'fp32', 'channels_last': False, 'reason': 'evaluation only: nothing trained'} if shipped else
                             (resolve_precision(prof.train_cfg(exps[0]), prof.model_cfg(exps[0]), device, log=None,
                                                loss_cfg=prof.loss_cfg(exps[0]))[1] if exps else

@@ -4,16 +4,16 @@
 
 # %% ../nbs/21_runtime.ipynb #d453f38e
 from __future__ import annotations
-import os, sys, json, time, socket, hashlib, statistics, contextlib, functools
+import os, sys, json, time, socket, hashlib, platform, statistics, contextlib, functools
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 import torch
 from .core import get_device, UserError
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'PROBE_VERSION', 'WIDTH_FIELDS', 'cpu_capability', 'native_bf16', 'PrecisionChoice', 'probe_step_time',
-           'precision_memo_path', 'machine_key', 'choose_precision', 'tune_allocator', 'EtaMeter', 'RunLocked',
-           'run_lock', 'data_fingerprint']
+__all__ = ['PRECISIONS', 'PROBE_VERSION', 'WIDTH_FIELDS', 'cpu_capability', 'native_bf16', 'cpu_name', 'PrecisionChoice',
+           'probe_step_time', 'precision_memo_path', 'machine_key', 'choose_precision', 'tune_allocator', 'EtaMeter',
+           'RunLocked', 'run_lock', 'data_fingerprint']
 
 # %% ../nbs/21_runtime.ipynb #77705de2
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
@@ -29,6 +29,19 @@ def native_bf16() -> bool | None:
     except OSError: return None
     if not flags: return None
     return 'avx512_bf16' in flags or 'amx_bf16' in flags
+
+def cpu_name(cpuinfo: str | None = None, # the text of /proc/cpuinfo (default: read it)
+            ) -> str:
+    "The CPU's model name, its family and core count, e.g. 'AMD EPYC (family 26), 2 cores'; the platform's word where /proc/cpuinfo is missing."
+    if cpuinfo is None:
+        try: cpuinfo = Path('/proc/cpuinfo').read_text()
+        except OSError: cpuinfo = ''
+    info = {}
+    for line in cpuinfo.splitlines():
+        k, _, v = line.partition(':'); info.setdefault(k.strip(), v.strip())
+    name = info.get('model name') or platform.processor() or platform.machine() or 'unknown CPU'
+    cores = sum(1 for line in cpuinfo.splitlines() if line.split(':')[0].strip() == 'processor') or os.cpu_count()
+    return name + (f" (family {info['cpu family']})" if info.get('cpu family') else '') + (f', {cores} cores' if cores else '')
 
 @dataclass(frozen=True)
 class PrecisionChoice:
