@@ -14,7 +14,7 @@ import torch
 from .core import runs_dir, figures_dir, stable_hash, atomic_write, code_version, get_device, seed_everything, UserError
 from .experiments import (TABLE6, TABLE6_ROWS, STAGE1, SEEDS, STAGE2_STUDY, LONG_STAGE2, PROFILES, RELEASE_PROFILES, Experiment, Profile, get_profile, train_experiment, stage_keys,
                                   data_id, plan_experiment)
-from .masks import load_eval_masks
+from .masks import load_eval_masks, IRREGULAR   # IRREGULAR: the stroke and free-form families, holes of every size
 from .runtime import EtaMeter, cpu_capability, cpu_name, choose_precision
 from .train import resolve_precision
 from .cli import guard
@@ -316,8 +316,6 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     return written
 
 # %% ../nbs/17_reproduce.ipynb #336f8a45
-from .masks import IRREGULAR   # the stroke and free-form families: irregular holes of every size
-
 def _release_margins(per: dict, out: Path, profile: str, metrics) -> dict:
     "margins_<profile>.csv and margins.md: the shipped output against the best peer with intervals, per family and per hole area."
     from twostage.tables import paired_bootstrap, margin_intervals, margin_intervals_md
