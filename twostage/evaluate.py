@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .core import get_device, code_version, atomic_write, runs_dir, UserError, check_device
 from .data import index_faces, UnreadableImage, _list_images
-from .masks import write_eval_masks, load_eval_masks, bucket_of
+from .masks import write_eval_masks, load_eval_masks, bucket_of, hole_ratios
 from .metrics import image_metrics, build_perceptual_metric
 from .inpaint import read_mask, crop_box, INVERTED_ABOVE
 
@@ -202,7 +202,7 @@ def evaluate(fn,                    # fn(image B x 3 x H x W, mask B x 1 x H x W
             image, mask = ims[torch.as_tensor(f)], allm[torch.as_tensor(k)].float()
             out = fn(image, mask).float().clamp(-1, 1)
             met = image_metrics(out, image, mask, perceptual)
-            ratios = mask.flatten(1).double().mean(1).numpy()   # float64: a hole of exactly 10 % stays in '0-10%'
+            ratios = hole_ratios(mask)
             for j in range(len(image)):
                 row = {'subset': subset, 'family': fam, 'index': int(f[j]), 'hole_ratio': float(ratios[j]),
                        'bucket': bucket_of(float(ratios[j]))}

@@ -16,8 +16,8 @@ from .core import mask_to_tensor
 # %% auto #0
 __all__ = ['LAMA', 'EYEFRAME_STYLES', 'BUCKETS', 'MIX', 'MIX_THIN', 'FAMILIES', 'EVAL_FAMILIES', 'IRREGULAR', 'freeform_mask',
            'lama_irregular', 'lama_boxes', 'lama_mask', 'box_mask', 'center_mask', 'eyeband_mask', 'eyeframe_mask',
-           'bucket_of', 'bucketed_mask', 'mixed_mask', 'make_mask', 'mask_batch', 'stroke_width', 'mask_stats',
-           'mask_rng', 'write_eval_masks', 'load_eval_masks', 'fig_masks']
+           'bucket_of', 'hole_ratios', 'bucketed_mask', 'mixed_mask', 'make_mask', 'mask_batch', 'stroke_width',
+           'mask_stats', 'mask_rng', 'write_eval_masks', 'load_eval_masks', 'fig_masks']
 
 # %% ../nbs/02_masks.ipynb #6cf9c7f5
 def _rng(rng) -> np.random.Generator:
@@ -220,6 +220,10 @@ def bucket_of(ratio: float) -> str:
     "The area bucket of a hole ratio: (a, b] in tenths ('0-10%' also holds 0); '>60%' above 0.6."
     k = max(0, math.ceil(float(ratio) * 10 - 1e-9) - 1)
     return BUCKETS[k] if k < len(BUCKETS) else '>60%'
+
+def hole_ratios(masks: torch.Tensor) -> np.ndarray:
+    "Each mask's hole share (N x 1 x H x W, 1 = hole), in float64: a hole of exactly 10 % stays in '0-10%' (`bucket_of`)."
+    return masks.flatten(1).double().mean(1).cpu().numpy()
 
 def bucketed_mask(size, rng=None,
                   bucket: str | None = None, # one of BUCKETS; None draws one uniformly

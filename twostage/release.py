@@ -138,7 +138,7 @@ def tune_blend(model,               # a TwoStage generator (no blend attached), 
                min_bucket_faces: int = 10, # ... a bucket counts where at least this many faces have a mask in it
                batch_size: int = 32, device=None, progress: bool = False) -> tuple:
     "(choice: {'params', 'chosen_on', 'wins', 'shortfall'}, scores: one row per candidate or peer, family (or 'holes <bucket>') and metric)."
-    from twostage.masks import make_mask, mask_rng, bucket_of, IRREGULAR
+    from twostage.masks import make_mask, mask_rng, bucket_of, hole_ratios, IRREGULAR
     from twostage.peers import inpaint_peer
     from twostage.metrics import psnr, ssim
     if model.blend is not None: raise ValueError("tune_blend needs the network's own output: set model.blend = None first")
@@ -156,11 +156,12 @@ def tune_blend(model,               # a TwoStage generator (no blend attached), 
         outs = torch.cat([model(images[b:b + batch_size].to(dev), masks[b:b + batch_size].to(dev))['out'].float().cpu()
                           for b in range(0, len(images), batch_size)])
         fill = EdgeBlend.fill(images, masks)   # the fill the shipped blend mixes in; the peer 'biharmonic' is scikit-image's
-        bk = [bucket_of(r) for r in masks.flatten(1).double().mean(1).tolist()] if by_hole_size and fam in IRREGULAR else None
+        bk = [bucket_of(r) for r in hole_ratios(masks)] if by_hole_size and fam in IRREGULAR else None
         for p in peers: score(f'peer_{p}', fam, inpaint_peer(p, images, masks), images, bk)
         for g in grid: score(_blend_name(g), fam, _grid_blend(g)(outs, images, masks, fill=fill).clamp(-1, 1), images, bk)
         if progress: print(f"[blend] {fam}: {len(images)} validation faces scored", flush=True)
-    if per: rows.extend(_bucket_rows(pd.concat(per, ignore_index=True), min_bucket_faces))
+    brows = _bucket_rows(pd.concat(per, ignore_index=True), min_bucket_faces) if per else []
+    rows.extend(brows); nb = len({r['family'] for r in brows})   # the hole-share buckets that count
     df = pd.DataFrame(rows)
     wide = df.pivot_table(index=['family', 'metric'], columns='method', values='value')
     cands = [_blend_name(g) for g in grid]; pcols = [f'peer_{p}' for p in peers]
@@ -170,7 +171,6 @@ def tune_blend(model,               # a TwoStage generator (no blend attached), 
     marg = marg.div([BLEND_UNITS.get(k, 0.01) for k in wide.index.get_level_values('metric')], axis=0)
     wins, short, worst = (marg > 0).sum(), marg.clip(upper=0).sum(), marg.min()
     pick = max(range(len(grid)), key=lambda i: (wins.iloc[i], short.iloc[i], worst.iloc[i]))   # then the strongest weakest pair
-    nb = df.family[df.family.str.startswith('holes ')].nunique()
     choice = {'params': _grid_blend(grid[pick]).to_dict(), 'wins': int(wins.iloc[pick]), 'of': int(len(marg)),
               'shortfall': round(float(short.iloc[pick]), 3), 'peers': list(peers),
               'chosen_on': f'{len(images)} validation faces x {len(families)} mask families (mask seed {seed})'
