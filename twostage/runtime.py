@@ -32,7 +32,7 @@ def native_bf16() -> bool | None:
 
 def cpu_name(cpuinfo: str | None = None, # the text of /proc/cpuinfo (default: read it)
             ) -> str:
-    "The CPU's model name, its family and core count, e.g. 'AMD EPYC (family 26), 2 cores'; the platform's word where /proc/cpuinfo is missing."
+    "The CPU's model name, family, model and core count, e.g. 'AMD EPYC (family 25, model 17), 2 cores'; the platform's word where /proc/cpuinfo is missing."
     if cpuinfo is None:
         try: cpuinfo = Path('/proc/cpuinfo').read_text()
         except OSError: cpuinfo = ''
@@ -41,7 +41,8 @@ def cpu_name(cpuinfo: str | None = None, # the text of /proc/cpuinfo (default: r
         k, _, v = line.partition(':'); info.setdefault(k.strip(), v.strip())
     name = info.get('model name') or platform.processor() or platform.machine() or 'unknown CPU'
     cores = sum(1 for line in cpuinfo.splitlines() if line.split(':')[0].strip() == 'processor') or os.cpu_count()
-    return name + (f" (family {info['cpu family']})" if info.get('cpu family') else '') + (f', {cores} cores' if cores else '')
+    fm = ', '.join(f'{w} {info[k]}' for k, w in (('cpu family', 'family'), ('model', 'model')) if info.get(k))
+    return name + (f' ({fm})' if fm else '') + (f', {cores} cores' if cores else '')
 
 @dataclass(frozen=True)
 class PrecisionChoice:
