@@ -101,3 +101,21 @@ def test_ddp_gloo_two_processes(tmp_path, tiny_cfg):
         assert abs(a[col].iloc[0] - b[col].iloc[0]) < 1e-5 * max(1, abs(b[col].iloc[0])), col
     flat = torch.cat([p.detach().flatten() for p in single.model.parameters()])
     assert torch.allclose(p0, flat, atol=1e-4), 'DDP training differs from single-process training on the same global batch'
+
+
+def test_favour_glasses_draws_the_faces_with_eyeglasses(tmp_path, tiny_cfg, faces32):
+    "`favour_glasses=0.25`: one face of each batch of 4 has eyeglasses; a dataset with none is a clear error, not a plain run."
+    import numpy as np
+    from twostage.core import UserError
+    seen = []
+    class Glassy(ImageTensorDataset):
+        def __init__(self, images, glasses): super().__init__(images); self.glasses = np.asarray(glasses, bool)
+        def __getitem__(self, i): seen.append(i); return super().__getitem__(i)
+    tc = replace(TCFG, steps_coarse=3, ckpt_every=10, val_every=10, favour_glasses=0.25)
+    with_g = Glassy(faces32.images, [i in (5, 11) for i in range(16)])
+    Trainer(tiny_cfg, L1_ONLY, tc, with_g, tmp_path / 'g', val_dataset=faces32, device='cpu', progress=False).fit()
+    batches = [seen[i:i + 4] for i in range(0, len(seen), 4)]   # the training batches (validation reads faces32)
+    assert [b[-1] in (5, 11) for b in batches] == [True] * 3 and len(seen) == 12, batches
+    assert 'favour_glasses' not in TrainCfg().key_dict() and TrainCfg().hash() != replace(TrainCfg(), favour_glasses=0.25).hash()
+    with pytest.raises(UserError, match='no training face has eyeglasses'):
+        Trainer(tiny_cfg, L1_ONLY, tc, Glassy(faces32.images, [False] * 16), tmp_path / 'n', device='cpu', progress=False).fit()

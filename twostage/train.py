@@ -33,7 +33,7 @@ __all__ = ['STAGES', 'TRAIN_LATER_FIELDS', 'STAGE2_TRAIN_FIELDS', 'TrainCfg', 's
 
 # %% ../nbs/12_train.ipynb #bcfab896
 STAGES = tuple(TRAINING_STAGES)   # 'coarse', 'fine', 'joint': what each does is a row of models.twostage.TRAINING_STAGES
-TRAIN_LATER_FIELDS = {'adv_warmup': 0, 'fine_seed': 0, 'lr_g_fine': None, 'adversarial_fine': None}
+TRAIN_LATER_FIELDS = {'adv_warmup': 0, 'fine_seed': 0, 'lr_g_fine': None, 'adversarial_fine': None, 'favour_glasses': 0.0}
 STAGE2_TRAIN_FIELDS = ('steps_fine', 'steps_joint', 'fine_seed', 'lr_g_fine', 'adversarial_fine')   # what stage 1 never sees
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class TrainCfg:
     fine_seed: int = 0              # repeat stage 2 with another seed (its init, data order, masks) over the same stage 1; 0: `seed`
     lr_g_fine: float | None = None  # stage 2's generator learning rate (None: `lr_g`; not in the paper)
     adversarial_fine: float | None = None  # stage 2's adversarial weight (None: the loss's `adversarial`; not in the paper)
+    favour_glasses: float = 0.0     # share of each batch drawn from the training faces with eyeglasses, on top of the usual order (not in the paper)
 
     def steps(self, stage): return {'coarse': self.steps_coarse, 'fine': self.steps_fine, 'joint': self.steps_joint}[stage]
     def lr_g_at(self, stage) -> float:
@@ -98,17 +99,28 @@ def resolve_precision(tcfg: TrainCfg, model_cfg: ModelCfg, device=None, log=prin
 # %% ../nbs/12_train.ipynb #d0c48055
 class StepBatches(torch.utils.data.Sampler):
     "Yields, for steps `start..stop-1`, this rank's face indices of each global batch."
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0, world: int = 1,
+                 favour=None,               # indices of faces to draw more often (e.g. those with eyeglasses)
+                 favour_share: float = 0.0, # the share of each global batch drawn from `favour`, rounded to whole faces
+                ):
         if n < 1: raise ValueError("no training faces")
         if batch_size % world: raise ValueError(f"batch_size {batch_size} is not divisible by the {world} DDP ranks")
+        if not 0 <= favour_share < 1: raise ValueError(f"favour_share must be in [0, 1), got {favour_share}")
+        self.favour = np.asarray([] if favour is None else favour, dtype=np.int64)
+        self.k = int(round(batch_size * favour_share))   # favoured faces per global batch; the other bs - k follow the epochs
+        if self.k and not len(self.favour): raise ValueError(f"favour_share={favour_share} needs faces to favour; none given")
         self.n, self.bs, self.seed, self.start, self.stop, self.rank, self.world = n, batch_size, seed, start, stop, rank, world
         self._perms = {}
-    def perm(self, epoch):
-        if epoch not in self._perms: self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
-        return self._perms[epoch]
+    def _perm(self, stream, epoch, n):   # stream 0: all faces; stream 1: the favoured ones, a generator of their own
+        if (stream, epoch) not in self._perms:
+            rng = np.random.default_rng([self.seed, epoch] + ([stream] if stream else []))
+            self._perms = {k: v for k, v in self._perms.items() if k[0] != stream} | {(stream, epoch): rng.permutation(n)}
+        return self._perms[stream, epoch]
+    def perm(self, epoch): return self._perm(0, epoch, self.n)
     def global_batch(self, step):
-        ix = [(step * self.bs + j) for j in range(self.bs)]
-        return [int(self.perm(i // self.n)[i % self.n]) for i in ix]
+        m, k, f = self.bs - self.k, self.k, len(self.favour)
+        main = [int(self.perm(i // self.n)[i % self.n]) for i in range(step * m, step * m + m)]
+        return main + [int(self.favour[self._perm(1, i // f, f)[i % f]]) for i in range(step * k, step * k + k)]
     def __iter__(self):
         for s in range(self.start, self.stop): yield self.global_batch(s)[self.rank::self.world]
     def __len__(self): return max(0, self.stop - self.start)
@@ -455,8 +467,13 @@ def _fit(self, resume, until):
     logf = self.out / 'losses.csv'
     if self.rank == 0 and logf.exists():   # drop rows past the checkpoint (they are re-run identically)
         old = pd.read_csv(logf); old[old.step < self.step].to_csv(logf, index=False)
+    favour = None
+    if self.tcfg.favour_glasses:   # faces with eyeglasses drawn more often (CelebA's Eyeglasses attribute)
+        favour = np.flatnonzero(np.asarray(getattr(self.ds, 'glasses', []), bool))
+        if not len(favour): raise UserError(f"favour_glasses={self.tcfg.favour_glasses} but no training face has eyeglasses "
+                                            "(they come from list_attr_celeba.txt's Eyeglasses column)")
     sampler = StepBatches(len(self.ds), self.tcfg.batch_size, self.seed + 1000 * STAGES.index(self.stage),
-                          self.step, stop, self.rank, self.world)
+                          self.step, stop, self.rank, self.world, favour=favour, favour_share=self.tcfg.favour_glasses)
     dl = torch.utils.data.DataLoader(self.ds, batch_sampler=sampler, num_workers=self.tcfg.num_workers,
                                      collate_fn=lambda items: torch.stack([it['image'] for it in items]))
     self.model.train(); self.discs.train()
