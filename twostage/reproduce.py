@@ -44,12 +44,13 @@ class Finetune:
     adv_warmup: int = 100            # steps without the generator's adversarial term: stage 2's discriminator starts afresh
     seed: int = 0
     favour_glasses: float = 0.0      # share of each batch from the training faces with eyeglasses (`TrainCfg.favour_glasses`)
+    _LATER = {'favour_glasses': 0.0} # fields added after the shipped fine-tune, left out of its record at their default
+
+    def key_dict(self):
+        "The recipe as recorded in the card and the run key, like `TrainCfg.key_dict`: earlier records and keys stay valid."
+        return {k: v for k, v in asdict(self).items() if not (k in self._LATER and v == self._LATER[k])}
 
 RELEASE_FINETUNE = Finetune()   # the recipe of the shipped weights' fine-tune (`make release-finetune`, `finetune_shipped`)
-
-def _recipe(ft: Finetune) -> dict:
-    "`ft` as a dict, without `favour_glasses` at its default: the records and run keys of earlier recipes stay as they were."
-    return {k: v for k, v in asdict(ft).items() if not (k == 'favour_glasses' and v == 0.0)}
 
 # %% ../nbs/17_reproduce.ipynb #3b1761fe
 def _protocol(profile: Profile, size: int) -> dict:
@@ -575,7 +576,7 @@ def finetune_shipped(ft: Finetune, profile, data=None, runs=None, device=None,
                  favour_glasses=ft.favour_glasses,
                  precision=prof.train.precision, channels_last=prof.train.channels_last)
     tc, choice = resolve_precision(tc, mc, device, log=log if progress else None, loss_cfg=lc)
-    out = runs_dir(runs) / prof.name / 'finetune' / stable_hash(['finetune', rec['sha256'], _recipe(ft), tc.key_dict(), did])
+    out = runs_dir(runs) / prof.name / 'finetune' / stable_hash(['finetune', rec['sha256'], ft.key_dict(), tc.key_dict(), did])
     out.mkdir(parents=True, exist_ok=True)
     init = out / 'init.pt'
     if not init.exists(): atomic_save(ck, init)   # the weights it starts from, kept: the shipped file is replaced at the end
@@ -585,7 +586,7 @@ def finetune_shipped(ft: Finetune, profile, data=None, runs=None, device=None,
                 device=device, progress=progress, data_info={'id': did}, precision_choice=choice)
     last = t.fit(resume=True)
     secs = round(_train_seconds(out / 'losses.csv'), 1)
-    block = {'from_sha256': rec['sha256'], 'recipe': _recipe(ft), 'seconds': secs, 'machine': _machine(t.trained_with),
+    block = {'from_sha256': rec['sha256'], 'recipe': ft.key_dict(), 'seconds': secs, 'machine': _machine(t.trained_with),
              'data': {'root': str(faces.root), 'train_faces': len(faces.train)}, 'when': time.strftime('%Y-%m-%d'),
              'code_version': code_version()}
     new_card = {k: v for k, v in card.items() if k not in ('scores', 'evaluated', 'protocol')}   # scores: the next evaluation's
