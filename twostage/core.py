@@ -14,7 +14,7 @@ from PIL import Image
 __all__ = ['PANEL', 'to_m11', 'to_01', 'pil_to_tensor', 'tensor_to_pil', 'mask_to_tensor', 'check_batch', 'masked_input',
            'composite', 'hole_ratio', 'panel_columns', 'UserError', 'patch_to', 'seed_everything', 'get_device',
            'check_device', 'repo_root', 'default_data_dir', 'data_dir', 'runs_dir', 'figures_dir', 'stable_hash',
-           'code_version', 'atomic_write', 'atomic_save', 'strict_from_dict']
+           'code_version', 'atomic_write', 'atomic_save', 'strict_from_dict', 'drop_later_defaults']
 
 # %% ../nbs/00_core.ipynb #a89ee413
 def to_m11(x):
@@ -227,3 +227,8 @@ def strict_from_dict(cls, d: dict):
     fs = {f.name: f for f in dataclasses.fields(cls)}
     if bad := [k for k in d if k not in fs]: raise ValueError(f"unknown {cls.__name__} field(s) {bad}; valid: {list(fs)}")
     return cls(**{k: tuple(v) if isinstance(v, list) and isinstance(fs[k].default, tuple) else v for k, v in d.items()})
+
+# %% ../nbs/00_core.ipynb #d41a7e02
+def drop_later_defaults(d: dict, later: dict) -> dict:
+    "`d` without the keys of `later` (fields added after a release) while at their default there: earlier keys and records stay valid."
+    return {k: v for k, v in d.items() if not (k in later and v == later[k])}

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import runs_dir, figures_dir, stable_hash, atomic_write, code_version, get_device, seed_everything, UserError
+from .core import runs_dir, figures_dir, stable_hash, atomic_write, code_version, get_device, seed_everything, UserError, drop_later_defaults
 from .experiments import (TABLE6, TABLE6_ROWS, STAGE1, SEEDS, STAGE2_STUDY, LONG_STAGE2, PROFILES, RELEASE_PROFILES, Experiment, Profile, get_profile, train_experiment, stage_keys,
                                   data_id, plan_experiment)
 from .masks import load_eval_masks, IRREGULAR   # IRREGULAR: the stroke and free-form families, holes of every size
@@ -48,7 +48,7 @@ class Finetune:
 
     def key_dict(self):
         "The recipe as recorded in the card and the run key, like `TrainCfg.key_dict`: earlier records and keys stay valid."
-        return {k: v for k, v in asdict(self).items() if not (k in self._LATER and v == self._LATER[k])}
+        return drop_later_defaults(asdict(self), self._LATER)
 
 RELEASE_FINETUNE = Finetune()   # the recipe of the shipped weights' fine-tune (`make release-finetune`, `finetune_shipped`)
 

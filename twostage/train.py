@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from .core import (UserError, patch_to, composite, masked_input, seed_everything, get_device, stable_hash, atomic_save, strict_from_dict,
-                           atomic_write, code_version, to_01, panel_columns)
+                           atomic_write, code_version, to_01, panel_columns, drop_later_defaults)
 from .masks import mask_batch
 from .models.twostage import ModelCfg, build_model, build_discriminators
 from .runtime import choose_precision, run_lock, PrecisionChoice, tune_allocator
@@ -74,7 +74,7 @@ class TrainCfg:
     def to_dict(self): return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
     def key_dict(self):
         "`to_dict` without fields added after the first release while at their default: old cache keys stay valid."
-        return {k: v for k, v in self.to_dict().items() if not (k in TRAIN_LATER_FIELDS and v == TRAIN_LATER_FIELDS[k])}
+        return drop_later_defaults(self.to_dict(), TRAIN_LATER_FIELDS)
     @classmethod
     def from_dict(cls, d):
         "Build from a dict (`core.strict_from_dict`): unknown keys raise naming the valid ones, missing keys take the defaults."
