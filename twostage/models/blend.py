@@ -36,6 +36,8 @@ class EdgeBlend(nn.Module):
                  far_slope: float = 0.0,  # `far` moves by this times (r - ratio_ref): up in larger holes, down in smaller ones
                  ratio_ref: float = 0.25, # the hole share (of the image's pixels) at which `near` and `far` apply as given
                  edge_scale: float = 0.0, # > 0: the weight is multiplied by exp(-g / edge_scale), g the fill's own gradient there
+                 sharpen: float = 0.0,    # > 0: an unsharp mask of this strength on the blended hole pixels of a small-hole image
+                 sharpen_below: float = 0.10, # the hole share under which an image is sharpened (with `sharpen` > 0)
                 ):
         super().__init__()
         if not (0 <= far <= 1 and 0 <= near <= 1): raise ValueError(f"near and far must lie in [0, 1], got near={near}, far={far}")
@@ -44,9 +46,11 @@ class EdgeBlend(nn.Module):
         if near_slope < 0 or far_slope < 0: raise ValueError(f"near_slope and far_slope must be >= 0, got {near_slope}, {far_slope}")
         if not 0 < ratio_ref < 1: raise ValueError(f"ratio_ref must lie in (0, 1), got {ratio_ref}")
         if edge_scale < 0: raise ValueError(f"edge_scale must be >= 0 (0: off), got {edge_scale}")
+        if sharpen < 0: raise ValueError(f"sharpen must be >= 0 (0: off), got {sharpen}")
+        if not 0 < sharpen_below <= 1: raise ValueError(f"sharpen_below must lie in (0, 1], got {sharpen_below}")
         self.near, self.far, self.tau, self.steps = float(near), float(far), float(tau), int(steps)
         self.near_slope, self.far_slope, self.ratio_ref = float(near_slope), float(far_slope), float(ratio_ref)
-        self.edge_scale = float(edge_scale)
+        self.edge_scale, self.sharpen, self.sharpen_below = float(edge_scale), float(sharpen), float(sharpen_below)
 
     def weight(self, mask: torch.Tensor, fill: torch.Tensor | None = None) -> torch.Tensor:
         "B x 1 x H x W weight of the biharmonic fill: 0 on known pixels and in images without any known pixel."
@@ -75,7 +79,18 @@ class EdgeBlend(nn.Module):
                ) -> torch.Tensor:
         if fill is None: fill = self.fill(image, mask)
         w = self.weight(mask, fill).to(out.dtype)
-        return out + w * (fill.to(out.dtype) - out)
+        res = out + w * (fill.to(out.dtype) - out)
+        return self.sharpened(res, mask) if self.sharpen > 0 else res
+
+    def sharpened(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        "`x` with its hole pixels sharpened (x + sharpen * (x - blur(x)), kept in [-1, 1]) in images whose hole share is under `sharpen_below`."
+        hole = (mask > 0.5).to(x.dtype)
+        where = hole * (hole.mean((1, 2, 3), keepdim=True) < self.sharpen_below).to(x.dtype)
+        k = torch.tensor([1., 4., 6., 4., 1.], dtype=x.dtype, device=x.device)
+        k = (k[:, None] * k[None])[None, None]   # a 5 x 5 binomial blur, normalised over the pixels inside the image
+        blur = (F.conv2d(x.reshape(-1, 1, *x.shape[2:]), k, padding=2).reshape(x.shape)   # each channel alike
+                / F.conv2d(torch.ones_like(x[:, :1]), k, padding=2))
+        return torch.where(where > 0, (x + self.sharpen * (x - blur)).clamp(-1, 1), x)
 
     @staticmethod
     @torch.no_grad()
@@ -85,7 +100,8 @@ class EdgeBlend(nn.Module):
 
     def to_dict(self) -> dict:
         return {'near': self.near, 'far': self.far, 'tau': self.tau, 'steps': self.steps,
-                'near_slope': self.near_slope, 'far_slope': self.far_slope, 'ratio_ref': self.ratio_ref, 'edge_scale': self.edge_scale}
+                'near_slope': self.near_slope, 'far_slope': self.far_slope, 'ratio_ref': self.ratio_ref, 'edge_scale': self.edge_scale,
+                **({'sharpen': self.sharpen, 'sharpen_below': self.sharpen_below} if self.sharpen else {})}   # earlier records stay valid
     def extra_repr(self) -> str:   # the hole-share and edge terms only where they do something
         d = self.to_dict()
         if not (self.near_slope or self.far_slope): d = {k: v for k, v in d.items() if k not in ('near_slope', 'far_slope', 'ratio_ref')}
