@@ -68,6 +68,22 @@ def test_export_with_edge_blend(tmp_path):
     with torch.no_grad(): r = m(*pair)
     assert not torch.equal(r['out'], r['unblended'])   # the blend is really in the graph
 
+
+def test_export_with_sharpening_blend(tmp_path):
+    "The shipped blend's small-hole branch (`EdgeBlend(sharpen=...)`) is in the graph, and the export's own parity check covers it."
+    import json
+    from twostage.models.blend import EdgeBlend
+    m = seeded_model(TINY_CFG); m.blend = EdgeBlend(near=0.9, far=0.35, tau=4.0, near_slope=5.0, far_slope=2.0, sharpen=0.5)
+    small = probe_pair(32, seed=4, small_hole=True)
+    assert float(small[1].mean()) < m.blend.sharpen_below
+    inp = load_onnx(export_onnx(m, tmp_path / 'sharp.onnx', 32), threads=1)
+    assert json.loads(inp.meta['blend'])['sharpen'] == 0.5
+    assert parity(m, inp, *small) <= PARITY_TOL
+    with torch.no_grad():
+        sharp = m(*small)['out']; m.blend.sharpen = 0.0; plain = m(*small)['out']
+    assert float((sharp - plain).abs().max()) > 1e-3          # the probe takes the sharpening branch...
+    assert float((inp(*small)['out'] - plain).abs().max()) > 1e-3    # ... and the exported graph has it
+
 def test_dynamic_batch_and_wrong_size(tmp_path):
     m = seeded_model(TINY_CFG)
     inp = load_onnx(export_onnx(m, tmp_path / 'b1.onnx', 32), threads=1)   # traced with batch 1

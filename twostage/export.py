@@ -40,15 +40,19 @@ class OutputOnly(nn.Module):
 def probe_pair(size: int,       # image side
                batch: int = 1,
                seed: int = 0,
+               small_hole: bool = False, # one thin stroke, about 3 % of the image, instead of the box and stroke
               ) -> tuple:
-    "(image B x 3 x S x S in [-1, 1], mask B x 1 x S x S): a smooth random image and a box-and-stroke hole."
+    "(image B x 3 x S x S in [-1, 1], mask B x 1 x S x S): a smooth random image and a box-and-stroke hole (or a small one)."
     g = torch.Generator().manual_seed(seed)
     low = torch.rand(batch, 3, 4, 4, generator=g) * 1.6 - 0.8
     image = (F.interpolate(low, size=(size, size), mode='bicubic', align_corners=False)
              + 0.1 * torch.randn(batch, 3, size, size, generator=g)).clamp(-1, 1)
     mask = torch.zeros(batch, 1, size, size)
-    mask[..., size // 4: 5 * size // 8, size // 8: size // 2] = 1
-    mask[..., 3 * size // 4: 3 * size // 4 + max(size // 16, 1), size // 4: 7 * size // 8] = 1
+    if small_hole:   # the branch of an edge blend for small holes (`EdgeBlend`: weight 0, `sharpen`)
+        mask[..., size // 2: size // 2 + max(size // 16, 1), size // 4: 3 * size // 4] = 1
+    else:
+        mask[..., size // 4: 5 * size // 8, size // 8: size // 2] = 1
+        mask[..., 3 * size // 4: 3 * size // 4 + max(size // 16, 1), size // 4: 7 * size // 8] = 1
     return image, mask
 
 # %% ../nbs/24_export.ipynb #8a32d61d
@@ -117,7 +121,7 @@ def export_onnx(model: nn.Module,          # a `TwoStage` generator (float32; an
     inp = OnnxInpainter(proto.SerializeToString())
     checked = {}
     for s in ([size, 2 * size] if dynamic_size else [size]):
-        d = parity(model, inp, *probe_pair(s))
+        d = max(parity(model, inp, *probe_pair(s)), parity(model, inp, *probe_pair(s, small_hole=True)))   # both hole sizes
         checked[s] = d
         if not d <= PARITY_TOL:
             what = 'dynamic-size export' if s != size else 'export'
