@@ -84,6 +84,22 @@ def test_export_with_sharpening_blend(tmp_path):
     assert float((sharp - plain).abs().max()) > 1e-3          # the probe takes the sharpening branch...
     assert float((inp(*small)['out'] - plain).abs().max()) > 1e-3    # ... and the exported graph has it
 
+def test_export_with_flat_blend(tmp_path):
+    "`EdgeBlend(flat_scale=...)` (the smooth fill where the known pixels around are plain) is in the graph, within parity."
+    import json
+    from twostage.models.blend import EdgeBlend
+    m = seeded_model(TINY_CFG)
+    m.blend = EdgeBlend(near=0.9, far=0.35, tau=4.0, near_slope=5.0, far_slope=2.0, sharpen=0.25, flat_scale=0.5)
+    inp = load_onnx(export_onnx(m, tmp_path / 'flat.onnx', 32), threads=1)
+    assert json.loads(inp.meta['blend'])['flat_scale'] == 0.5
+    for pair in (probe_pair(32, seed=4, small_hole=True), probe_pair(32, seed=5)):
+        m.blend.flat_scale = 0.5
+        assert parity(m, inp, *pair) <= PARITY_TOL
+        with torch.no_grad():
+            flat = m(*pair)['out']; m.blend.flat_scale = 0.0; plain = m(*pair)['out']
+        assert float((flat - plain).abs().max()) > 1e-3               # the term changes this probe...
+        assert float((inp(*pair)['out'] - plain).abs().max()) > 1e-3  # ... and the exported graph has it
+
 def test_dynamic_batch_and_wrong_size(tmp_path):
     m = seeded_model(TINY_CFG)
     inp = load_onnx(export_onnx(m, tmp_path / 'b1.onnx', 32), threads=1)   # traced with batch 1

@@ -111,7 +111,7 @@ def update_release_record(name: str = RELEASE_NAME, folder=None,
     return rec
 
 # %% ../nbs/23_release.ipynb #3aef6a67
-# (near, far, tau[, near_slope, far_slope]); the first is no blend
+# (near, far, tau[, near_slope, far_slope[, edge_scale[, sharpen[, flat_scale]]]]); the first is no blend
 BLEND_GRID = ((0.0, 0.0, 1.0), (1.0, 0.0, 4.0), (1.0, 0.0, 8.0), (0.9, 0.0, 8.0), (1.0, 0.25, 2.0), (1.0, 0.25, 4.0),
               (1.0, 0.5, 2.0), (1.0, 0.5, 4.0), (0.8, 0.25, 4.0), (0.8, 0.35, 4.0), (0.7, 0.35, 4.0), (0.9, 0.35, 4.0),
               # with the hole-share terms (near, far, tau, near_slope, far_slope): `EdgeBlend`'s "The hole's size"
@@ -126,7 +126,10 @@ BLEND_GRID = ((0.0, 0.0, 1.0), (1.0, 0.0, 4.0), (1.0, 0.0, 8.0), (0.9, 0.0, 8.0)
               (0.9, 0.35, 4.0, 4.0, 2.0, 0.2), (0.9, 0.35, 4.0, 5.0, 2.0, 0.2), (0.9, 0.35, 4.0, 6.0, 2.0, 0.2),
               # the same, with the fill sharpened in images whose hole is under 10 % (..., sharpen): `EdgeBlend`'s "Sharper fills in small holes"
               (0.9, 0.35, 4.0, 5.0, 2.0, 0.2, 0.25), (0.9, 0.35, 4.0, 5.0, 2.0, 0.2, 0.5),
-              (0.9, 0.35, 4.0, 6.0, 2.0, 0.2, 0.25), (0.9, 0.35, 4.0, 6.0, 2.0, 0.2, 0.5))
+              (0.9, 0.35, 4.0, 6.0, 2.0, 0.2, 0.25), (0.9, 0.35, 4.0, 6.0, 2.0, 0.2, 0.5),
+              # the same, with the smooth fill where the known pixels around are plain (..., flat_scale): `EdgeBlend`'s "Flat surroundings"
+              (0.9, 0.35, 4.0, 5.0, 2.0, 0.2, 0.25, 0.004), (0.9, 0.35, 4.0, 5.0, 2.0, 0.2, 0.25, 0.008),
+              (0.9, 0.35, 4.0, 5.0, 2.0, 0.2, 0.5, 0.004), (0.9, 0.35, 4.0, 5.0, 2.0, 0.2, 0.5, 0.008))
 BLEND_UNITS = {'psnr': 1.0, 'ssim': 0.01}          # margins in these units (a perceptual distance: 0.01) for the tie-break
 
 @torch.no_grad()
@@ -135,7 +138,7 @@ def tune_blend(model,               # a TwoStage generator (no blend attached), 
                families=('thin', 'medium', 'thick', 'freeform', 'center', 'eyeband'),
                perceptual=None,     # a perceptual metric (`twostage.metrics.build_perceptual_metric`), or None
                peers=('biharmonic', 'telea', 'navier_stokes'),
-               grid=BLEND_GRID,     # candidates (near, far, tau), + (near_slope, far_slope), + (edge_scale,), + (sharpen,): `_grid_blend`
+               grid=BLEND_GRID,     # candidates (near, far, tau), + (near_slope, far_slope), + (edge_scale,), + (sharpen,), + (flat_scale,): `_grid_blend`
                seed: int = 1,       # mask seed (the evaluation masks use the profile's seed, 0)
                by_hole_size: bool = True, # also score the irregular families pooled per hole-share bucket (`bucket_of`)
                min_bucket_faces: int = 10, # ... a bucket counts where at least this many faces have a mask in it
@@ -190,8 +193,8 @@ def _bucket_rows(per: pd.DataFrame, min_faces: int) -> list:
             for _, r in agg[agg['size'] >= min_faces].iterrows()]
 
 def _grid_blend(g) -> EdgeBlend:
-    "A candidate of the grid: (near, far, tau), + (near_slope, far_slope) with the hole-share terms, + (edge_scale,), + (sharpen,)."
-    return EdgeBlend(*g[:3], **dict(zip(('near_slope', 'far_slope', 'edge_scale', 'sharpen'), g[3:])))
+    "A candidate of the grid: (near, far, tau), + (near_slope, far_slope) with the hole-share terms, + (edge_scale,), + (sharpen,), + (flat_scale,)."
+    return EdgeBlend(*g[:3], **dict(zip(('near_slope', 'far_slope', 'edge_scale', 'sharpen', 'flat_scale'), g[3:])))
 
 def _blend_name(g) -> str:
     b = _grid_blend(g)
@@ -199,5 +202,6 @@ def _blend_name(g) -> str:
     return (f'blend near={b.near:g} far={b.far:g} tau={b.tau:g}'
             + (f' near_slope={b.near_slope:g} far_slope={b.far_slope:g}' if b.near_slope or b.far_slope else '')
             + (f' edge_scale={b.edge_scale:g}' if b.edge_scale else '')
-            + (f' sharpen={b.sharpen:g}' if b.sharpen else ''))
+            + (f' sharpen={b.sharpen:g}' if b.sharpen else '')
+            + (f' flat_scale={b.flat_scale:g}' if b.flat_scale else ''))
 

@@ -26,6 +26,13 @@ def hole_distance(mask: torch.Tensor, # B x 1 x H x W, 1 = hole
     return d
 
 # %% ../../nbs/08a_models.blend.ipynb #9c425326
+def _blur5(x: torch.Tensor) -> torch.Tensor:
+    "Each channel of B x C x H x W blurred by a 5 x 5 binomial kernel, normalised over the pixels inside the image."
+    k = torch.tensor([1., 4., 6., 4., 1.], dtype=x.dtype, device=x.device)
+    k = (k[:, None] * k[None])[None, None]
+    return (F.conv2d(x.reshape(-1, 1, *x.shape[2:]), k, padding=2).reshape(x.shape)
+            / F.conv2d(torch.ones_like(x[:, :1]), k, padding=2))
+
 class EdgeBlend(nn.Module):
     "Mix a composited output with the biharmonic fill of its holes, weighted by each hole pixel's distance to the known pixels."
     def __init__(self, near: float = 1.0, # weight of the biharmonic fill next to a known pixel (d = 1)
@@ -38,6 +45,8 @@ class EdgeBlend(nn.Module):
                  edge_scale: float = 0.0, # > 0: the weight is multiplied by exp(-g / edge_scale), g the fill's own gradient there
                  sharpen: float = 0.0,    # > 0: an unsharp mask of this strength on the blended hole pixels of a small-hole image
                  sharpen_below: float = 0.10, # the hole share under which an image is sharpened (with `sharpen` > 0)
+                 flat_scale: float = 0.0, # > 0: the weight rises towards 1 by exp(-t / flat_scale), t the known pixels' detail nearby
+                 flat_window: int = 9,    # the side of the square of known pixels whose detail t is averaged (odd; wider where it has none)
                 ):
         super().__init__()
         if not (0 <= far <= 1 and 0 <= near <= 1): raise ValueError(f"near and far must lie in [0, 1], got near={near}, far={far}")
@@ -48,13 +57,17 @@ class EdgeBlend(nn.Module):
         if edge_scale < 0: raise ValueError(f"edge_scale must be >= 0 (0: off), got {edge_scale}")
         if sharpen < 0: raise ValueError(f"sharpen must be >= 0 (0: off), got {sharpen}")
         if not 0 < sharpen_below <= 1: raise ValueError(f"sharpen_below must lie in (0, 1], got {sharpen_below}")
+        if flat_scale < 0: raise ValueError(f"flat_scale must be >= 0 (0: off), got {flat_scale}")
+        if flat_window < 3 or flat_window % 2 == 0: raise ValueError(f"flat_window must be odd and at least 3, got {flat_window}")
         self.near, self.far, self.tau, self.steps = float(near), float(far), float(tau), int(steps)
         self.near_slope, self.far_slope, self.ratio_ref = float(near_slope), float(far_slope), float(ratio_ref)
         self.edge_scale, self.sharpen, self.sharpen_below = float(edge_scale), float(sharpen), float(sharpen_below)
+        self.flat_scale, self.flat_window = float(flat_scale), int(flat_window)
 
     def weight(self, mask: torch.Tensor, fill: torch.Tensor | None = None) -> torch.Tensor:
         "B x 1 x H x W weight of the biharmonic fill: 0 on known pixels and in images without any known pixel."
-        if self.edge_scale > 0 and fill is None: raise ValueError("an EdgeBlend with edge_scale > 0 weighs by the fill: pass it")
+        if (self.edge_scale > 0 or self.flat_scale > 0) and fill is None:
+            raise ValueError("an EdgeBlend with edge_scale or flat_scale > 0 weighs by the fill: pass it")
         hole = (mask > 0.5).float()
         d = hole_distance(hole, self.steps)
         r = hole.mean((1, 2, 3), keepdim=True) - self.ratio_ref   # each image's hole share, from the reference share
@@ -63,7 +76,27 @@ class EdgeBlend(nn.Module):
         w = far + (near - far) * torch.exp(-(d - 1).clamp(min=0) / self.tau)
         some_known = (hole.flatten(1).amin(1) < 0.5).float().view(-1, 1, 1, 1)   # a full mask: nothing to interpolate from
         if self.edge_scale > 0: w = w * torch.exp(-self.fill_gradient(fill) / self.edge_scale)
+        if self.flat_scale > 0: w = w + (1 - w) * self.flat_weight(fill, hole)   # flat surroundings: the smooth fill
         return w * hole * some_known
+
+    def flat_weight(self, fill: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+        "B x 1 x H x W in [0, 1]: exp(-t / flat_scale), t the mean detail of the nearest known pixels (`known_detail`; 0 where none)."
+        t, n = self.known_detail(fill, hole, self.flat_window)
+        return torch.exp(-t / self.flat_scale) * (n > 0).to(t.dtype)
+
+    @staticmethod
+    def known_detail(fill: torch.Tensor, hole: torch.Tensor, window: int = 9, levels: int = 4) -> tuple:
+        "(t, n): the mean |grey - blurred grey| of the known pixels in the smallest square around each pixel that holds any, and their count."
+        x = fill.float().mean(1, keepdim=True)
+        known = (hole < 0.5).to(x.dtype)
+        d = (x - _blur5(x)).abs() * known
+        t = n = None
+        for k in reversed([window * 2 ** i - (2 ** i - 1) for i in range(levels)]):   # 9, 17, 33, 65: the widest first
+            box = lambda z: F.conv2d(F.conv2d(z, torch.ones(1, 1, 1, k, dtype=z.dtype, device=z.device), padding=(0, k // 2)),
+                                     torch.ones(1, 1, k, 1, dtype=z.dtype, device=z.device), padding=(k // 2, 0))
+            nk = box(known); tk = box(d) / nk.clamp(min=1)
+            t, n = (tk, nk) if t is None else (torch.where(nk > 0.5, tk, t), torch.where(nk > 0.5, nk, n))
+        return t, n
 
     @staticmethod
     def fill_gradient(fill: torch.Tensor) -> torch.Tensor:
@@ -86,11 +119,7 @@ class EdgeBlend(nn.Module):
         "`x` with its hole pixels sharpened (x + sharpen * (x - blur(x)), kept in [-1, 1]) in images whose hole share is under `sharpen_below`."
         hole = (mask > 0.5).to(x.dtype)
         where = hole * (hole.mean((1, 2, 3), keepdim=True) < self.sharpen_below).to(x.dtype)
-        k = torch.tensor([1., 4., 6., 4., 1.], dtype=x.dtype, device=x.device)
-        k = (k[:, None] * k[None])[None, None]   # a 5 x 5 binomial blur, normalised over the pixels inside the image
-        blur = (F.conv2d(x.reshape(-1, 1, *x.shape[2:]), k, padding=2).reshape(x.shape)   # each channel alike
-                / F.conv2d(torch.ones_like(x[:, :1]), k, padding=2))
-        return torch.where(where > 0, (x + self.sharpen * (x - blur)).clamp(-1, 1), x)
+        return torch.where(where > 0, (x + self.sharpen * (x - _blur5(x))).clamp(-1, 1), x)
 
     @staticmethod
     @torch.no_grad()
@@ -101,7 +130,8 @@ class EdgeBlend(nn.Module):
     def to_dict(self) -> dict:
         return {'near': self.near, 'far': self.far, 'tau': self.tau, 'steps': self.steps,
                 'near_slope': self.near_slope, 'far_slope': self.far_slope, 'ratio_ref': self.ratio_ref, 'edge_scale': self.edge_scale,
-                **({'sharpen': self.sharpen, 'sharpen_below': self.sharpen_below} if self.sharpen else {})}   # earlier records stay valid
+                **({'sharpen': self.sharpen, 'sharpen_below': self.sharpen_below} if self.sharpen else {}),   # earlier records stay valid
+                **({'flat_scale': self.flat_scale, 'flat_window': self.flat_window} if self.flat_scale else {})}
     def extra_repr(self) -> str:   # the hole-share and edge terms only where they do something
         d = self.to_dict()
         if not (self.near_slope or self.far_slope): d = {k: v for k, v in d.items() if k not in ('near_slope', 'far_slope', 'ratio_ref')}
