@@ -33,6 +33,11 @@ def _blur5(x: torch.Tensor) -> torch.Tensor:
     return (F.conv2d(x.reshape(-1, 1, *x.shape[2:]), k, padding=2).reshape(x.shape)
             / F.conv2d(torch.ones_like(x[:, :1]), k, padding=2))
 
+def _box_sum(x: torch.Tensor, k: int) -> torch.Tensor:
+    "B x 1 x H x W summed over the k x k square around each pixel (k odd; outside the image counts 0), as two 1-D convolutions."
+    ones = lambda *s: torch.ones(1, 1, *s, dtype=x.dtype, device=x.device)
+    return F.conv2d(F.conv2d(x, ones(1, k), padding=(0, k // 2)), ones(k, 1), padding=(k // 2, 0))
+
 class EdgeBlend(nn.Module):
     "Mix a composited output with the biharmonic fill of its holes, weighted by each hole pixel's distance to the known pixels."
     def __init__(self, near: float = 1.0, # weight of the biharmonic fill next to a known pixel (d = 1)
@@ -92,9 +97,7 @@ class EdgeBlend(nn.Module):
         d = (x - _blur5(x)).abs() * known
         t = n = None
         for k in reversed([window * 2 ** i - (2 ** i - 1) for i in range(levels)]):   # 9, 17, 33, 65: the widest first
-            box = lambda z: F.conv2d(F.conv2d(z, torch.ones(1, 1, 1, k, dtype=z.dtype, device=z.device), padding=(0, k // 2)),
-                                     torch.ones(1, 1, k, 1, dtype=z.dtype, device=z.device), padding=(k // 2, 0))
-            nk = box(known); tk = box(d) / nk.clamp(min=1)
+            nk = _box_sum(known, k); tk = _box_sum(d, k) / nk.clamp(min=1)
             t, n = (tk, nk) if t is None else (torch.where(nk > 0.5, tk, t), torch.where(nk > 0.5, nk, n))
         return t, n
 
