@@ -69,36 +69,26 @@ def test_export_with_edge_blend(tmp_path):
     assert not torch.equal(r['out'], r['unblended'])   # the blend is really in the graph
 
 
-def test_export_with_sharpening_blend(tmp_path):
-    "The shipped blend's small-hole branch (`EdgeBlend(sharpen=...)`) is in the graph, and the export's own parity check covers it."
+@pytest.mark.parametrize('blend_kw, term, probes', [
+    (dict(sharpen=0.5), 'sharpen', ('small',)),                            # the small-hole branch
+    (dict(sharpen=0.25, flat_scale=0.5), 'flat_scale', ('small', 'large')),  # the smooth fill where the surroundings are plain
+])
+def test_export_with_blend_term(tmp_path, blend_kw, term, probes):
+    "A term of the shipped blend (`EdgeBlend(sharpen=...)`, `EdgeBlend(flat_scale=...)`) is in the graph, and within parity."
     import json
     from twostage.models.blend import EdgeBlend
-    m = seeded_model(TINY_CFG); m.blend = EdgeBlend(near=0.9, far=0.35, tau=4.0, near_slope=5.0, far_slope=2.0, sharpen=0.5)
-    small = probe_pair(32, seed=4, small_hole=True)
-    assert float(small[1].mean()) < m.blend.sharpen_below
-    inp = load_onnx(export_onnx(m, tmp_path / 'sharp.onnx', 32), threads=1)
-    assert json.loads(inp.meta['blend'])['sharpen'] == 0.5
-    assert parity(m, inp, *small) <= PARITY_TOL
-    with torch.no_grad():
-        sharp = m(*small)['out']; m.blend.sharpen = 0.0; plain = m(*small)['out']
-    assert float((sharp - plain).abs().max()) > 1e-3          # the probe takes the sharpening branch...
-    assert float((inp(*small)['out'] - plain).abs().max()) > 1e-3    # ... and the exported graph has it
-
-def test_export_with_flat_blend(tmp_path):
-    "`EdgeBlend(flat_scale=...)` (the smooth fill where the known pixels around are plain) is in the graph, within parity."
-    import json
-    from twostage.models.blend import EdgeBlend
-    m = seeded_model(TINY_CFG)
-    m.blend = EdgeBlend(near=0.9, far=0.35, tau=4.0, near_slope=5.0, far_slope=2.0, sharpen=0.25, flat_scale=0.5)
-    inp = load_onnx(export_onnx(m, tmp_path / 'flat.onnx', 32), threads=1)
-    assert json.loads(inp.meta['blend'])['flat_scale'] == 0.5
-    for pair in (probe_pair(32, seed=4, small_hole=True), probe_pair(32, seed=5)):
-        m.blend.flat_scale = 0.5
-        assert parity(m, inp, *pair) <= PARITY_TOL
+    m = seeded_model(TINY_CFG); m.blend = EdgeBlend(near=0.9, far=0.35, tau=4.0, near_slope=5.0, far_slope=2.0, **blend_kw)
+    pairs = {'small': probe_pair(32, seed=4, small_hole=True), 'large': probe_pair(32, seed=5)}
+    assert float(pairs['small'][1].mean()) < m.blend.sharpen_below
+    inp = load_onnx(export_onnx(m, tmp_path / f'{term}.onnx', 32), threads=1)
+    assert json.loads(inp.meta['blend'])[term] == blend_kw[term]
+    for p in probes:
+        setattr(m.blend, term, blend_kw[term])
+        assert parity(m, inp, *pairs[p]) <= PARITY_TOL
         with torch.no_grad():
-            flat = m(*pair)['out']; m.blend.flat_scale = 0.0; plain = m(*pair)['out']
-        assert float((flat - plain).abs().max()) > 1e-3               # the term changes this probe...
-        assert float((inp(*pair)['out'] - plain).abs().max()) > 1e-3  # ... and the exported graph has it
+            on = m(*pairs[p])['out']; setattr(m.blend, term, 0.0); off = m(*pairs[p])['out']
+        assert float((on - off).abs().max()) > 1e-3                   # the probe takes the term's branch...
+        assert float((inp(*pairs[p])['out'] - off).abs().max()) > 1e-3  # ... and the exported graph has it
 
 def test_dynamic_batch_and_wrong_size(tmp_path):
     m = seeded_model(TINY_CFG)
