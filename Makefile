@@ -62,7 +62,7 @@ release-finetune: install
 
 # The GPU path of the release (nbs/17_reproduce.ipynb): pack here, send the repository with runs/gpu_pack, run there.
 # release-gpu installs nothing: it needs python3 with torch (and numpy, pandas, pillow, scikit-image, opencv, matplotlib,
-# tqdm, safetensors), as on the GPU machines our builds borrow.
+# tqdm, safetensors), as on the GPU machines our builds borrow. It runs the whole recipe: the GPU run, the fine-tune, the evaluation.
 GPU_PACK ?= runs/gpu_pack
 release-gpu-pack: install
 	$(PY) -c "from twostage.reproduce import pack_for_gpu; r = pack_for_gpu('$(GPU_PACK)'); print(r['faces']['faces'], r['mib'], 'MiB; peers scored in', r['peers']); print(r['command'])"

@@ -50,6 +50,10 @@ def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
         reproduce(prof, data={str(pack / 'faces')!r}, runs={str(tmp_path / 'runs3')!r}, figures={str(tmp_path / 'figs3')!r},
                   make_figures=False, progress=False, release_to={str(tmp_path / 'rel')!r}, shipped=True, precision='fp32',
                   finetune=Finetune(steps=2, batch_size=2, adv_warmup=1))
+        # the whole recipe in one job (the GPU command's --finetune): row 9 trained and written, fine-tuned, then evaluated
+        reproduce(prof, data={str(pack / 'faces')!r}, runs={str(tmp_path / 'runs4')!r}, figures={str(tmp_path / 'figs4')!r},
+                  make_figures=False, progress=False, release_to={str(tmp_path / 'rel4')!r}, precision='fp32',
+                  finetune=Finetune(steps=2, batch_size=2, adv_warmup=1))
     """)
     env = {**os.environ, 'TWOSTAGE_WEIGHTS': str(pack / 'weights'), 'OMP_NUM_THREADS': '1'}
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=900)
@@ -90,6 +94,18 @@ def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
     assert (tmp_path / 'runs3' / 'release_gpu' / 'finetune').exists() and not (tmp_path / 'runs3' / 'release_gpu' / 'stage2').exists()
     res3 = pd.read_csv(tmp_path / 'figs3' / 'results_release_gpu.csv')
     assert set(res3[res3.experiment.str.startswith('t6_row9')].config_hash) == {'shipped-' + tuned['sha256'][:16]}
+    # one job: the weights it trained are the ones it fine-tuned; the card has both, and the scores of the fine-tuned weights
+    import re
+    made = re.search(r"\[release\] release128.safetensors \(sha256 ([0-9a-f]{16})\.\.\.\) written from (\S+), to be fine-tuned", r.stdout)
+    assert made and '/runs4/' in made[2], r.stdout[-1500:]
+    one = json.loads((tmp_path / 'rel4' / 'release128.json').read_text())
+    assert one['sha256'] == sha256_file(tmp_path / 'rel4' / 'release128.safetensors') and not one['sha256'].startswith(made[1])
+    assert one['card']['finetune']['from_sha256'].startswith(made[1]) and one['card']['finetune']['recipe']['steps'] == 2
+    for k in ('profile', 'steps', 'recipe'): assert one['card'][k] == trained['card'][k], k
+    assert set(one['card']['machine']['training']) == {'coarse', 'fine'} and one['card']['scores'] and one['blend']
+    res4 = pd.read_csv(tmp_path / 'figs4' / 'results_release_gpu.csv')
+    assert set(res4[res4.experiment.str.startswith('t6_row9')].config_hash) == {'shipped-' + one['sha256'][:16]}
+    assert (tmp_path / 'runs4' / 'release_gpu' / 'finetune').exists()
 
 
 def test_shipped_evaluation_refuses_what_it_cannot_do(tmp_path):
@@ -106,7 +122,13 @@ def test_shipped_evaluation_refuses_what_it_cannot_do(tmp_path):
     with pytest.raises(UserError, match='made by profile'):
         reproduce(other, runs=tmp_path, figures=tmp_path / 'f', shipped=True)
     from twostage.reproduce import RELEASE_FINETUNE
-    with pytest.raises(UserError, match='with shipped=True'):
+    with pytest.raises(UserError, match='with shipped=True'):   # a release run that writes no weights has nothing to fine-tune
         reproduce('release_gpu', runs=tmp_path, figures=tmp_path / 'f', finetune=RELEASE_FINETUNE)
+    with pytest.raises(UserError, match="not 'smoke'"):
+        reproduce('smoke', runs=tmp_path, figures=tmp_path / 'f', finetune=RELEASE_FINETUNE, release_to=tmp_path / 'rel')
+    with pytest.raises(UserError, match='row 9 only'):
+        reproduce('release_gpu', runs=tmp_path, figures=tmp_path / 'f', finetune=RELEASE_FINETUNE, release_to=tmp_path / 'rel',
+                  experiments=['t6_row8'])
+    assert not (tmp_path / 'rel').exists()   # refused before anything was trained or written
     with pytest.raises(UserError, match='made by profile'):
         reproduce(other, runs=tmp_path, figures=tmp_path / 'f', shipped=True, finetune=RELEASE_FINETUNE)

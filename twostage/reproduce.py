@@ -165,14 +165,21 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
               stage2: bool = False, # also train the stage-2 study (`twostage.experiments.STAGE2_STUDY`; `make stage2`)
               glasses_claim: bool = True, # evaluate Table 6 and the peers on the eye-frame holes of the eyeglasses faces
               shipped: bool = False, # a release profile: evaluate the shipped weights (in `release_to`) instead of training row 9
-              finetune: Finetune | None = None, # with `shipped`: first train the shipped weights further (`finetune_shipped`)
+              finetune: Finetune | None = None, # first train the shipped weights further (`finetune_shipped`); without `shipped`
+                                                # a release profile first trains them: the whole release recipe in one job
               log=print) -> dict:
     "Run the main job of a profile end to end; returns the paths it wrote."
     t0 = time.time()
-    if finetune is not None and not shipped:
-        raise UserError("finetune trains the shipped weights further: use it with shipped=True (--shipped --finetune)")
     prof = get_profile(profile) if isinstance(profile, str) else profile
     if precision: prof = replace(prof, train=replace(prof.train, precision=precision))
+    if finetune is not None and not shipped:   # train row 9, write it as the shipped weights, then go on as --shipped --finetune
+        if prof.name not in RELEASE_PROFILES or release_to is None:
+            raise UserError(f"finetune trains the release model further: use it with shipped=True (--shipped --finetune), or on a "
+                            f"release profile ({', '.join(RELEASE_PROFILES)}) that writes the shipped weights (release_to), not {prof.name!r}")
+        if set(experiments or ['t6_row9']) != {'t6_row9'} or seeds or stage2:
+            raise UserError("a release run with a fine-tune trains Table 6's row 9 only: no other row, seed or study")
+        _train_release(prof, data, runs, device, release_to, progress, log)
+        shipped = True
     runs_root = runs_dir(runs)
     out_root = runs_root / prof.name; out_root.mkdir(parents=True, exist_ok=True)
     figs = Path(figures) if figures else {'cpu': figures_dir(), **{r: figures_dir() / 'release' for r in RELEASE_PROFILES}}.get(prof.name, out_root / 'figures')
@@ -513,12 +520,17 @@ def _machine(rec: dict) -> dict:
     "A card's training machine from a run's {'precision': `PrecisionChoice.to_dict()`, 'threads': n} (a record or `Trainer.trained_with`)."
     return {'precision': rec.get('precision'), 'threads': rec.get('threads') or 'not recorded', 'capability': (rec.get('precision') or {}).get('capability')}
 
-def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, machine: dict, full: str = 't6_row9',
+def release_card(results: pd.DataFrame | None, # None: a card without scores (weights that are trained further before they are evaluated)
+                 profile: Profile, ckpt: dict, faces, machine: dict | None = None, full: str = 't6_row9',
                  trained: dict | None = None, # the card of shipped weights evaluated again: how they were trained stays its own
                 ) -> dict:
     "The model card of a release run: data, steps, time, machine, recipe, and scores beside the peers (from the results)."
     row9 = EXPERIMENTS['t6_row9']   # `full`: the results' name of the shipped output (row 9, or row 9 with its edge blend)
     tc = profile.train_cfg(row9)   # with the profile's step cap, if any
+    if results is None:
+        if trained is not None: raise ValueError("a card without results is a trained run's: pass trained=None")
+        card = release_card(pd.DataFrame(columns=[*RESULT_COLUMNS, 'table']), profile, ckpt, faces, machine or {}, full)
+        return {k: v for k, v in card.items() if k not in ('protocol', 'scores')} | {'machine': {'training': card['machine']['training']}}
     perc = [m for m in results.metric.unique() if 'lpips' in m]
     r = results[(results.bucket == 'all') & (results.metric.isin(['psnr', 'ssim'] + perc))]
     names = {full: 'twostage'} | ({'t6_row9': 'twostage_network'} if full != 't6_row9' else {})   # with a blend: the network alone too
@@ -545,6 +557,18 @@ def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, mac
         'protocol': protocol, 'scores': scores}
 
 # %% ../nbs/17_reproduce.ipynb #bb6b1dad
+def _train_release(prof: Profile, data, runs, device, release_to, progress: bool = True, log=print) -> dict:
+    "Train row 9 of a release profile and write it as the shipped weights, its card without scores (a fine-tune follows)."
+    from twostage.release import export_release, RELEASE_NAME
+    faces, exp = prof.faces(data), EXPERIMENTS['t6_row9']
+    left = sum(v[1] for v in plan_experiment(exp, prof, faces, runs, device, log=log).values())
+    log(f"[release] training row 9 ({left} steps), then the fine-tune, then the evaluation of the result")
+    eta = EtaMeter(left, log=log)
+    ck = train_experiment(exp, prof, data=data, runs=runs, device=device, faces=faces, progress=progress, on_step=eta.update)
+    rec = export_release(ck['fine'], RELEASE_NAME, release_to or None, card=release_card(None, prof, ck, faces))
+    log(f"[release] {rec['file']} (sha256 {rec['sha256'][:16]}...) written from {ck['fine']}, to be fine-tuned")
+    return rec
+
 def finetune_shipped(ft: Finetune, profile, data=None, runs=None, device=None,
                      name: str | None = None, # the release's name (default `twostage.release.RELEASE_NAME`)
                      folder=None,           # the release's folder (default: the package's assets)
@@ -612,7 +636,8 @@ def main(argv=None):
     p.add_argument('--shipped', action='store_true', help="a release profile: evaluate the shipped weights instead of training them "
                    "(rebuilds figures/release, re-chooses the edge blend and rewrites the weights' record; the weights are untouched)")
     p.add_argument('--finetune', action='store_true', help="with --shipped: first train the shipped weights further "
-                   "(RELEASE_FINETUNE: both stages, more thin strokes), write them as the shipped weights, then evaluate them")
+                   "(RELEASE_FINETUNE: both stages, more thin strokes), write them as the shipped weights, then evaluate them; "
+                   "without --shipped, on a release profile: train its model, write it, fine-tune it so, then evaluate it (the whole recipe)")
     p.add_argument('--precision', choices=['auto', 'fp32', 'bf16'],
                    help="override the profile's precision (default 'auto': what is fastest on this machine)")
     a = p.parse_args(argv)
@@ -630,7 +655,7 @@ def main(argv=None):
 
 # %% ../nbs/17_reproduce.ipynb #64de20c9
 GPU_COMMAND = ('PYTHONPATH=.:{pack}/site TWOSTAGE_WEIGHTS={pack}/weights python3 -c "from twostage.reproduce import main; main()" '
-               '--profile {profile} --data {pack}/faces --runs {pack}/runs --device cuda')
+               '--profile {profile} --data {pack}/faces --runs {pack}/runs --device cuda --finetune')
 
 def pack_for_gpu(out='runs/gpu_pack',      # folder to write (under runs/, which git ignores)
                  data=None,                # the faces (default: $TWOSTAGE_DATA or the bundled CelebA crops)
