@@ -98,6 +98,7 @@ def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
     import re
     made = re.search(r"\[release\] release128.safetensors \(sha256 ([0-9a-f]{16})\.\.\.\) written from (\S+), to be fine-tuned", r.stdout)
     assert made and '/runs4/' in made[2], r.stdout[-1500:]
+    assert '(2 joint steps, each counted as 1 stage-1 steps in the time estimate)' in r.stdout   # batch 2 against 4: 2 x 2 / 4
     one = json.loads((tmp_path / 'rel4' / 'release128.json').read_text())
     assert one['sha256'] == sha256_file(tmp_path / 'rel4' / 'release128.safetensors') and not one['sha256'].startswith(made[1])
     assert one['card']['finetune']['from_sha256'].startswith(made[1]) and one['card']['finetune']['recipe']['steps'] == 2

@@ -207,7 +207,7 @@ class EtaMeter:
         el = now - self.t0
         if el >= self.next and self.done:
             rate = el / self.done; left = rate * max(self.total - self.done, 0)
-            msg = (f"[eta] {self.done}/{self.total} steps in {el / 60:.1f} min ({rate:.2f} s/step): "
+            msg = (f"[eta] {self.done:.0f}/{self.total} steps in {el / 60:.1f} min ({rate:.2f} s/step): "
                    f"about {left / 60:.0f} min of training left, estimated total {(el + left) / 60:.0f} min (+ the final evaluation)")
             self.reports.append(left)
             if self.log: self.log(msg)
