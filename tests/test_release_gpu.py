@@ -54,6 +54,11 @@ def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
         reproduce(prof, data={str(pack / 'faces')!r}, runs={str(tmp_path / 'runs4')!r}, figures={str(tmp_path / 'figs4')!r},
                   make_figures=False, progress=False, release_to={str(tmp_path / 'rel4')!r}, precision='fp32',
                   finetune=Finetune(steps=2, batch_size=2, adv_warmup=1))
+        # run again (as after an interruption): nothing is trained again, and the same weights come out
+        shutil.copy({str(tmp_path / 'rel4' / 'release128.json')!r}, {str(tmp_path / 'one.json')!r})
+        reproduce(prof, data={str(pack / 'faces')!r}, runs={str(tmp_path / 'runs4')!r}, figures={str(tmp_path / 'figs4')!r},
+                  make_figures=False, progress=False, release_to={str(tmp_path / 'rel4')!r}, precision='fp32',
+                  finetune=Finetune(steps=2, batch_size=2, adv_warmup=1))
     """)
     env = {**os.environ, 'TWOSTAGE_WEIGHTS': str(pack / 'weights'), 'OMP_NUM_THREADS': '1'}
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=900)
@@ -99,8 +104,12 @@ def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
     made = re.search(r"\[release\] release128.safetensors \(sha256 ([0-9a-f]{16})\.\.\.\) written from (\S+), to be fine-tuned", r.stdout)
     assert made and '/runs4/' in made[2], r.stdout[-1500:]
     assert '(2 joint steps, each counted as 1 stage-1 steps in the time estimate)' in r.stdout   # batch 2 against 4: 2 x 2 / 4
-    one = json.loads((tmp_path / 'rel4' / 'release128.json').read_text())
-    assert one['sha256'] == sha256_file(tmp_path / 'rel4' / 'release128.safetensors') and not one['sha256'].startswith(made[1])
+    one = json.loads((tmp_path / 'one.json').read_text())
+    again = json.loads((tmp_path / 'rel4' / 'release128.json').read_text())
+    assert again['sha256'] == one['sha256'] == sha256_file(tmp_path / 'rel4' / 'release128.safetensors')
+    assert again['card']['finetune']['from_sha256'] == one['card']['finetune']['from_sha256']
+    assert len(list((tmp_path / 'runs4' / 'release_gpu' / 'finetune').iterdir())) == 1   # one fine-tune run, found done
+    assert not one['sha256'].startswith(made[1])
     assert one['card']['finetune']['from_sha256'].startswith(made[1]) and one['card']['finetune']['recipe']['steps'] == 2
     for k in ('profile', 'steps', 'recipe'): assert one['card'][k] == trained['card'][k], k
     assert set(one['card']['machine']['training']) == {'coarse', 'fine'} and one['card']['scores'] and one['blend']
