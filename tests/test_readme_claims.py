@@ -94,3 +94,19 @@ def test_readme_names_the_shipped_weights_and_their_fine_tune():
     if ft := rec['card'].get('finetune'):
         assert f"`{ft['from_sha256'][:16]}...`" in sec, 'the README does not name the weights the fine-tune started from'
         assert f"{ft['recipe']['steps']:,} joint steps" in sec and f"{ft['seconds'] / 60:.1f} min" in sec
+
+
+def test_replication_is_rebuilt_from_the_two_runs(tmp_path):
+    "figures/rerun_zen4/replication.* come from the two runs' claims files, and the README quotes their summary lines."
+    import shutil
+    from twostage.tables import replication, replication_summary, write_replication
+    rerun = ROOT / 'figures' / 'rerun_zen4'
+    if not (rerun / 'table6_claims.csv').exists(): pytest.skip('no second run committed')
+    for f in ('table6_claims.csv', 'stage1_claims.csv'): shutil.copy(rerun / f, tmp_path / f)
+    w = write_replication(ROOT / 'figures', tmp_path, ('committed (AVX2)', 'rerun (AVX512)'))
+    assert w['md'].read_text() == (rerun / 'replication.md').read_text()
+    pd.testing.assert_frame_equal(pd.read_csv(w['csv']), pd.read_csv(rerun / 'replication.csv'))
+    readme = ' '.join((ROOT / 'README.md').read_text().split())
+    for f, title in (('table6_claims.csv', 'Table 6'), ('stage1_claims.csv', 'Stage 1')):
+        line = replication_summary(replication(pd.read_csv(ROOT / 'figures' / f), pd.read_csv(rerun / f)))
+        assert f'{title}: {line}' in readme, line

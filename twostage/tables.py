@@ -15,7 +15,8 @@ from .core import atomic_write
 __all__ = ['PAPER_TABLE6', 'METRICS', 'FAMILY_LABELS', 'PEER_LABELS', 'perceptual_name', 'wide', 'table6', 'stage1_table',
            'peers_table', 'peer_verdicts', 'verdict_summary', 'family_grid_md', 'findings_md', 'write_tables',
            'paired_bootstrap', 'margin_intervals', 'margin_intervals_md', 'seed_spread', 'noise_floor', 'claims',
-           'table6_claim_rows', 'claims_md']
+           'table6_claim_rows', 'claims_md', 'replication', 'replication_summary', 'replication_md',
+           'write_replication']
 
 # %% ../nbs/18_tables.ipynb #41e0b594
 PAPER_TABLE6 = pd.DataFrame({   # the paper's Table 6, as printed (row 9 = full model)
@@ -396,3 +397,48 @@ def claims_md(c: pd.DataFrame, title: str, note: str = '') -> str:
         pdiff = '' if np.isnan(r.paper_diff) else f'{r.paper_diff:+.{f}f}'
         md.append(f'| {r.row} | {r.metric} | {r.ours:.{f}f} | {r.diff:+.{f}f} [{r.diff_lo:+.{f}f}, {r.diff_hi:+.{f}f}] | {fl} | {pdiff} | {r.verdict} |\n')
     return ''.join(md)
+
+# %% ../nbs/18_tables.ipynb #4988775a
+def replication(a: pd.DataFrame, # `claims` of one run of a job (e.g. figures/table6_claims.csv)
+                b: pd.DataFrame, # `claims` of another, independent run of the same job
+               ) -> pd.DataFrame:
+    "Per row and metric, two runs' claims side by side: did the verdict hold, and did the row's difference move beyond the noise floor?"
+    m = a.merge(b, on=['name', 'metric'], suffixes=('_a', '_b'))
+    if not len(m) == len(a) == len(b):
+        raise ValueError(f"the two claims tables hold different (row, metric) pairs: {len(a)} and {len(b)}, {len(m)} in both")
+    moved, floor = m.diff_b - m.diff_a, m[['noise_floor_a', 'noise_floor_b']].max(axis=1)   # NaN where neither run measured one
+    return pd.DataFrame({'name': m.name, 'row': m.row_a, 'metric': m.metric, 'diff_a': m.diff_a, 'diff_b': m.diff_b, 'moved': moved,
+                         'noise_floor': floor, 'beyond_floor': moved.abs() > floor, 'verdict_a': m.verdict_a, 'verdict_b': m.verdict_b,
+                         'held': m.verdict_a == m.verdict_b})
+
+def replication_summary(r: pd.DataFrame) -> str:
+    "One line: in how many (row, metric) pairs the verdict held, and in how many the difference moved beyond the noise floor."
+    return (f"verdicts held in {int(r.held.sum())} of {len(r)} (row, metric) pairs; the difference from the reference moved by "
+            f"more than the noise floor in {int(r.beyond_floor.sum())}")
+
+def replication_md(r: pd.DataFrame, title: str, names=('run a', 'run b'), note: str = '') -> str:
+    "A `replication` table as markdown, under its summary line."
+    a, b = names
+    md = [f'## {title}\n\n', note + '\n\n' if note else '', replication_summary(r).capitalize() + '.\n\n',
+          f'| row | metric | {a}: row - reference | {b} | moved | noise floor | {a}: verdict | {b}: verdict |\n'
+          '|---|---|---|---|---|---|---|---|\n']
+    for x in r.itertuples():
+        f = 3 if x.metric == 'psnr' else 4
+        fl = '' if np.isnan(x.noise_floor) else f'{x.noise_floor:.{f}f}'
+        md.append(f"| {x.row} | {x.metric} | {x.diff_a:+.{f}f} | {x.diff_b:+.{f}f} | {x.moved:+.{f}f} | {fl} | {x.verdict_a} | "
+                  f"{x.verdict_b}{'' if x.held else ' (changed)'} |\n")
+    return ''.join(md)
+
+def write_replication(a_dir, b_dir,        # folders holding the claims files of two runs of one job
+                      names=('run a', 'run b'), note: str = '') -> dict:
+    "replication.csv and replication.md in `b_dir`: Table 6's and the stage-1 ablation's claims of the two runs side by side."
+    a_dir, b_dir = Path(a_dir), Path(b_dir)
+    parts, md = [], [f'# The same job, run twice: {names[0]} and {names[1]}\n\n', note + '\n\n' if note else '']
+    for f, title in (('table6_claims.csv', 'Table 6: row - full model'), ('stage1_claims.csv', 'Stage 1: ablation - full coarse network')):
+        if not ((a_dir / f).exists() and (b_dir / f).exists()): continue
+        r = replication(pd.read_csv(a_dir / f), pd.read_csv(b_dir / f))
+        parts.append(r.assign(table=f.split('_claims')[0])); md.append(replication_md(r, title, names) + '\n')
+    if not parts: raise FileNotFoundError(f"no claims file (table6_claims.csv, stage1_claims.csv) in both {a_dir} and {b_dir}")
+    all_ = pd.concat(parts, ignore_index=True)
+    return {'csv': atomic_write(b_dir / 'replication.csv', lambda p: all_.to_csv(p, index=False)),
+            'md': atomic_write(b_dir / 'replication.md', lambda p: Path(p).write_text(''.join(md)))}
