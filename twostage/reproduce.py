@@ -564,8 +564,8 @@ def _train_release(prof: Profile, ft: Finetune, data, runs, device, release_to, 
     from twostage.release import export_release, RELEASE_NAME
     faces, exp = prof.faces(data), EXPERIMENTS['t6_row9']
     left = sum(v[1] for v in plan_experiment(exp, prof, faces, runs, device, log=log).values())
-    # the time estimate counts in stage-1 steps: a joint step trains both generators on its batch, about two stage-1 steps per
-    # image (1.9 measured on a 2-core Zen 4 CPU), so the fine-tune's steps count this many times over
+    # the time estimate counts in stage-1 steps: a joint step trains both generators on its batch, about two stage-1 steps at
+    # the same batch (1.94 measured by `twostage.bench train` on a 2-core Zen 4 CPU), so the fine-tune's steps count this many times over
     w = 2 * ft.batch_size / prof.train.batch_size
     log(f"[release] training row 9 ({left} steps), then the fine-tune ({ft.steps} joint steps, each counted as {w:g} stage-1 steps "
         "in the time estimate), then the evaluation of the result")
