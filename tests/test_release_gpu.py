@@ -16,7 +16,8 @@ def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
     from twostage.experiments import get_profile
     pack = tmp_path / 'pack'
     rec = pack_for_gpu(pack, data=FACES, max_mb=24, peers=False)   # the full protocol's peers take minutes: a small one below
-    assert rec['mib'] < 40 and '--runs' in rec['command'] and 'peers' not in rec
+    assert rec['mib'] < 40 and '--runs' in rec['command'] and rec['command'].endswith('--finetune') and 'peers' not in rec
+    assert (pack / 'run.sh').read_text().splitlines()[-1] == rec['command']   # make release-gpu runs the whole recipe
     small = replace(get_profile('release_gpu'), step_cap=2, n_test=4, n_glasses=2, families=('medium',), peers=('mean_fill',),
                     eval_batch=4)
     res = score_peers(small, data=pack / 'faces', runs=pack / 'runs', progress=False)   # what pack_for_gpu does with peers=True
@@ -118,7 +119,7 @@ def test_gpu_pack_runs_the_release_profile_from_the_pack_alone(tmp_path):
     assert (tmp_path / 'runs4' / 'release_gpu' / 'finetune').exists()
 
 
-def test_shipped_evaluation_refuses_what_it_cannot_do(tmp_path):
+def test_shipped_evaluation_refuses_what_it_cannot_do(tmp_path, capsys):
     from twostage.core import UserError
     from twostage.reproduce import reproduce
     with pytest.raises(UserError, match='release profile'):
@@ -140,5 +141,8 @@ def test_shipped_evaluation_refuses_what_it_cannot_do(tmp_path):
         reproduce('release_gpu', runs=tmp_path, figures=tmp_path / 'f', finetune=RELEASE_FINETUNE, release_to=tmp_path / 'rel',
                   experiments=['t6_row8'])
     assert not (tmp_path / 'rel').exists()   # refused before anything was trained or written
+    from twostage.reproduce import main   # the same on the command line: `prog: error: ...`, exit status 2
+    with pytest.raises(SystemExit) as e: main(['--profile', 'cpu', '--finetune', '--runs', str(tmp_path)])
+    assert e.value.code == 2 and "twostage-reproduce: error: finetune trains the release model further" in capsys.readouterr().err
     with pytest.raises(UserError, match='made by profile'):
         reproduce(other, runs=tmp_path, figures=tmp_path / 'f', shipped=True, finetune=RELEASE_FINETUNE)
