@@ -522,17 +522,25 @@ def _machine(rec: dict) -> dict:
     "A card's training machine from a run's {'precision': `PrecisionChoice.to_dict()`, 'threads': n} (a record or `Trainer.trained_with`)."
     return {'precision': rec.get('precision'), 'threads': rec.get('threads') or 'not recorded', 'capability': (rec.get('precision') or {}).get('capability')}
 
-def release_card(results: pd.DataFrame | None, # None: a card without scores (weights that are trained further before they are evaluated)
-                 profile: Profile, ckpt: dict, faces, machine: dict | None = None, full: str = 't6_row9',
+def _training_facts(profile: Profile, ckpt: dict, faces) -> dict:
+    "How a release run's weights were trained: profile, data, steps, time, training machine, recipe (a card without scores)."
+    row9 = EXPERIMENTS['t6_row9']
+    tc = profile.train_cfg(row9)   # with the profile's step cap, if any
+    return {
+        'profile': profile.name,
+        'data': {'root': str(faces.root), 'train_faces': len(faces.train), 'val_faces': len(faces.val), 'test_faces': len(faces.test),
+                 'min_side': profile.min_side, 'split': 'CelebA partition' if profile.follow_partition else 'hash of the image id (seed 0)'},
+        'steps': {'coarse': tc.steps_coarse, 'fine': tc.steps_fine, 'batch_size': tc.batch_size, 'size': tc.size},
+        'train_seconds': {st: round(_train_seconds(Path(p).parent / 'losses.csv'), 1) for st, p in ckpt.items()},
+        'machine': {'training': {st: _run_record(p) for st, p in ckpt.items()}},
+        'recipe': {'model': profile.model_cfg(row9).to_dict(), 'loss': profile.loss_cfg(row9).to_dict(),
+                   'train': {k: v for k, v in tc.to_dict().items() if k not in ('log_every', 'sample_every', 'num_workers')}}}
+
+def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, machine: dict, full: str = 't6_row9',
                  trained: dict | None = None, # the card of shipped weights evaluated again: how they were trained stays its own
                 ) -> dict:
     "The model card of a release run: data, steps, time, machine, recipe, and scores beside the peers (from the results)."
-    row9 = EXPERIMENTS['t6_row9']   # `full`: the results' name of the shipped output (row 9, or row 9 with its edge blend)
-    tc = profile.train_cfg(row9)   # with the profile's step cap, if any
-    if results is None:
-        if trained is not None: raise ValueError("a card without results is a trained run's: pass trained=None")
-        card = release_card(pd.DataFrame(columns=[*RESULT_COLUMNS, 'table']), profile, ckpt, faces, machine or {}, full)
-        return {k: v for k, v in card.items() if k not in ('protocol', 'scores')} | {'machine': {'training': card['machine']['training']}}
+    # `full`: the results' name of the shipped output (row 9, or row 9 with its edge blend)
     perc = [m for m in results.metric.unique() if 'lpips' in m]
     r = results[(results.bucket == 'all') & (results.metric.isin(['psnr', 'ssim'] + perc))]
     names = {full: 'twostage'} | ({'t6_row9': 'twostage_network'} if full != 't6_row9' else {})   # with a blend: the network alone too
@@ -546,17 +554,8 @@ def release_card(results: pd.DataFrame | None, # None: a card without scores (we
         return {**trained, 'machine': {'training': trained.get('machine', {}).get('training'), 'evaluation': machine},
                 'protocol': protocol, 'scores': scores, 'evaluated': {'data': str(faces.root), 'when': time.strftime('%Y-%m-%d'),
                                                                         'code_version': code_version()}}
-    secs = {st: round(_train_seconds(Path(p).parent / 'losses.csv'), 1) for st, p in ckpt.items()}
-    return {
-        'profile': profile.name,
-        'data': {'root': str(faces.root), 'train_faces': len(faces.train), 'val_faces': len(faces.val), 'test_faces': len(faces.test),
-                 'min_side': profile.min_side, 'split': 'CelebA partition' if profile.follow_partition else 'hash of the image id (seed 0)'},
-        'steps': {'coarse': tc.steps_coarse, 'fine': tc.steps_fine, 'batch_size': tc.batch_size, 'size': tc.size},
-        'train_seconds': secs,
-        'machine': {'training': {st: _run_record(p) for st, p in ckpt.items()}, 'evaluation': machine},
-        'recipe': {'model': profile.model_cfg(row9).to_dict(), 'loss': profile.loss_cfg(row9).to_dict(),
-                   'train': {k: v for k, v in tc.to_dict().items() if k not in ('log_every', 'sample_every', 'num_workers')}},
-        'protocol': protocol, 'scores': scores}
+    facts = _training_facts(profile, ckpt, faces)
+    return {**facts, 'machine': {**facts['machine'], 'evaluation': machine}, 'protocol': protocol, 'scores': scores}
 
 # %% ../nbs/17_reproduce.ipynb #bb6b1dad
 def _train_release(prof: Profile, ft: Finetune, data, runs, device, release_to, progress: bool = True, log=print):
@@ -571,7 +570,7 @@ def _train_release(prof: Profile, ft: Finetune, data, runs, device, release_to, 
         "in the time estimate), then the evaluation of the result")
     eta = EtaMeter(left + round(w * ft.steps), log=log)
     ck = train_experiment(exp, prof, data=data, runs=runs, device=device, faces=faces, progress=progress, on_step=eta.update)
-    rec = export_release(ck['fine'], RELEASE_NAME, release_to or None, card=release_card(None, prof, ck, faces))
+    rec = export_release(ck['fine'], RELEASE_NAME, release_to or None, card=_training_facts(prof, ck, faces))
     log(f"[release] {rec['file']} (sha256 {rec['sha256'][:16]}...) written from {ck['fine']}, to be fine-tuned")
     return lambda n=1: eta.update(n * w)
 
