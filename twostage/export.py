@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from . import __version__
 from .core import UserError, check_batch, atomic_write
 from .models.twostage import ModelCfg, build_model
-from .runs import read_checkpoint
+from .runs import read_checkpoint, generator_state
 from .attention import PositionAttention
 from .cli import guard
 
@@ -252,7 +252,7 @@ def _load_for_export(a) -> tuple:
         if ck.get('stage') == 'coarse' and a.stage == 'both':
             raise UserError(f"{p} finished stage 1 only (its fine network is untrained); export it with --stage coarse")
         cfg = ModelCfg.from_dict(ck['model_cfg'])
-        model = build_model(cfg); model.load_state_dict(ck['model'])
+        model = build_model(cfg); model.load_state_dict(generator_state(ck))
         return model.eval(), cfg, (ck.get('train_cfg') or {}).get('size'), str(p)
     try: model, rec = load_release(folder=a.release_dir, device='cpu')
     except FileNotFoundError as e: raise UserError(str(e)) from None   # "the released weights ... are missing ...; or pass --checkpoint"

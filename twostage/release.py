@@ -12,7 +12,7 @@ import pandas as pd
 from .core import get_device, atomic_write, UserError
 from .models.twostage import ModelCfg, build_model
 from .models.blend import EdgeBlend
-from .runs import read_checkpoint
+from .runs import read_checkpoint, generator_state
 
 # %% auto #0
 __all__ = ['RELEASE_DIR', 'RELEASE_NAME', 'BLEND_GRID', 'BLEND_UNITS', 'sha256_file', 'release_paths', 'export_release',
@@ -49,8 +49,9 @@ def export_release(checkpoint,          # a stage-2 checkpoint written by the tr
                         "a release needs both stages trained (a stage-2 last.pt)")
     if blend is not None: EdgeBlend(**blend['params'])   # refuse a blend that cannot be built before writing anything
     cfg = ModelCfg.from_dict(ck['model_cfg'])
-    build_model(cfg).load_state_dict(ck['model'])   # refuse a checkpoint that does not fit its own configuration
-    state = {k: v.detach().float().contiguous() for k, v in ck['model'].items()}
+    weights = generator_state(ck)                     # the moving average of the weights when the run kept one (`TrainCfg.ema`)
+    build_model(cfg).load_state_dict(weights)   # refuse a checkpoint that does not fit its own configuration
+    state = {k: v.detach().float().contiguous() for k, v in weights.items()}
     w, r = release_paths(name, folder); w.parent.mkdir(parents=True, exist_ok=True)
     # one metadata entry: safetensors writes its metadata map in no fixed order, and the same weights must give the same sha256
     atomic_write(w, lambda p: save_file(state, str(p), metadata={'twostage': f'generator {name}'}))

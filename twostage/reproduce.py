@@ -44,7 +44,8 @@ class Finetune:
     adv_warmup: int = 100            # steps without the generator's adversarial term: stage 2's discriminator starts afresh
     seed: int = 0
     favour_glasses: float = 0.0      # share of each batch from the training faces with eyeglasses (`TrainCfg.favour_glasses`)
-    _LATER = {'favour_glasses': 0.0} # fields added after the shipped fine-tune, left out of its record at their default
+    ema: float = 0.0                 # decay of the moving average of the weights that is written as the result (`TrainCfg.ema`; 0: the last weights)
+    _LATER = {'favour_glasses': 0.0, 'ema': 0.0} # fields added after the shipped fine-tune, left out of its record at their default
 
     def key_dict(self):
         "The recipe as recorded in the card and the run key, like `TrainCfg.key_dict`: earlier records and keys stay valid."
@@ -590,6 +591,7 @@ def finetune_shipped(ft: Finetune, profile, data=None, runs=None, device=None,
     prof = get_profile(profile) if isinstance(profile, str) else profile
     if ft.mask_family not in FAMILIES: raise UserError(f"unknown mask family {ft.mask_family!r}; valid: {', '.join(FAMILIES)}")
     if ft.steps < 1 or ft.batch_size < 1 or not ft.lr > 0: raise UserError(f"a fine-tune needs steps, batch size and lr > 0, got {ft}")
+    if not 0 <= ft.ema < 1: raise UserError(f"a fine-tune's ema is a decay in [0, 1) (0: keep the last weights), got {ft.ema}")
     name = name or RELEASE_NAME
     ck, rec = release_checkpoint(name, folder)
     card = rec.get('card') or {}
@@ -604,7 +606,7 @@ def finetune_shipped(ft: Finetune, profile, data=None, runs=None, device=None,
     mc, lc = ModelCfg.from_dict(rec['model_cfg']), LossCfg.from_dict(rec['loss_cfg'])
     tc = replace(TrainCfg.from_dict(rec['train_cfg']), steps_joint=ft.steps, batch_size=ft.batch_size, lr_g_fine=ft.lr,
                  lr_d=ft.lr / 2, adv_warmup=ft.adv_warmup, mask_family=ft.mask_family, seed=ft.seed, num_workers=0,
-                 favour_glasses=ft.favour_glasses,
+                 favour_glasses=ft.favour_glasses, ema=ft.ema,
                  precision=prof.train.precision, channels_last=prof.train.channels_last)
     tc, choice = resolve_precision(tc, mc, device, log=log if progress else None, loss_cfg=lc)
     out = runs_dir(runs) / prof.name / 'finetune' / stable_hash(['finetune', rec['sha256'], ft.key_dict(), tc.key_dict(), did])

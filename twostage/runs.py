@@ -13,8 +13,8 @@ from .core import get_device, runs_dir, atomic_write, code_version
 from .models.twostage import ModelCfg, build_model, STAGE2_FIELDS
 
 # %% auto #0
-__all__ = ['STAGE_FOLDERS', 'RUN_COLUMNS', 'read_checkpoint', 'check_compatible', 'load_model', 'run_folder', 'read_record',
-           'write_record', 'find_runs']
+__all__ = ['STAGE_FOLDERS', 'RUN_COLUMNS', 'read_checkpoint', 'check_compatible', 'generator_state', 'load_model', 'run_folder',
+           'read_record', 'write_record', 'find_runs']
 
 # %% ../nbs/11a_runs.ipynb #179af291
 def read_checkpoint(path,            # a .pt file written by twostage.train (last.pt, best.pt, last.prev.pt)
@@ -48,6 +48,10 @@ def check_compatible(ck: dict, model_cfg: ModelCfg, stage: str | None = None, st
     if stage is not None and ck.get('stage') != stage:
         raise ValueError(f"checkpoint is from stage {ck.get('stage')!r}, not {stage!r}")
 
+def generator_state(ck: dict) -> dict:
+    "The generator weights a checkpoint stands for: its moving average (`'model_ema'`, `TrainCfg.ema`) when it has one, else `'model'`."
+    return ck.get('model_ema') or ck['model']
+
 def load_model(path,                  # a checkpoint path, or a dict from `read_checkpoint`
                device=None,
                model_cfg: ModelCfg | None = None, # when given, the checkpoint must match it
@@ -56,7 +60,7 @@ def load_model(path,                  # a checkpoint path, or a dict from `read_
     ck = path if isinstance(path, dict) else read_checkpoint(path)
     if model_cfg is not None: check_compatible(ck, model_cfg)
     model = build_model(ModelCfg.from_dict(ck['model_cfg']))
-    model.load_state_dict(ck['model'])
+    model.load_state_dict(generator_state(ck))
     return model.to(get_device(device)).eval(), ck
 
 # %% ../nbs/11a_runs.ipynb #d210864a

@@ -21,7 +21,7 @@ from .masks import mask_batch
 from .models.twostage import ModelCfg, build_model, build_discriminators
 from .runtime import choose_precision, run_lock, PrecisionChoice, tune_allocator
 from .models.twostage import STAGE2_FIELDS, TRAINING_STAGES
-from .runs import read_checkpoint, check_compatible, load_model   # checkpoints are read in one place
+from .runs import read_checkpoint, check_compatible, load_model, generator_state   # checkpoints are read in one place
 from .losses import (LossCfg, reconstruction_loss, adversarial_g_loss, adversarial_d_loss,
                              relativistic_g_loss, relativistic_d_loss)
 
@@ -33,7 +33,7 @@ __all__ = ['STAGES', 'TRAIN_LATER_FIELDS', 'STAGE2_TRAIN_FIELDS', 'TrainCfg', 's
 
 # %% ../nbs/12_train.ipynb #bcfab896
 STAGES = tuple(TRAINING_STAGES)   # 'coarse', 'fine', 'joint': what each does is a row of models.twostage.TRAINING_STAGES
-TRAIN_LATER_FIELDS = {'adv_warmup': 0, 'fine_seed': 0, 'lr_g_fine': None, 'adversarial_fine': None, 'favour_glasses': 0.0}
+TRAIN_LATER_FIELDS = {'adv_warmup': 0, 'fine_seed': 0, 'lr_g_fine': None, 'adversarial_fine': None, 'favour_glasses': 0.0, 'ema': 0.0}
 STAGE2_TRAIN_FIELDS = ('steps_fine', 'steps_joint', 'fine_seed', 'lr_g_fine', 'adversarial_fine')   # what stage 1 never sees
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class TrainCfg:
     lr_g_fine: float | None = None  # stage 2's generator learning rate (None: `lr_g`; not in the paper)
     adversarial_fine: float | None = None  # stage 2's adversarial weight (None: the loss's `adversarial`; not in the paper)
     favour_glasses: float = 0.0     # share of each batch drawn from the training faces with eyeglasses, on top of the usual order (not in the paper)
+    ema: float = 0.0                # decay of a moving average of the generator's weights, kept beside them and used as the run's weights (0: none; not in the paper)
 
     def steps(self, stage): return {'coarse': self.steps_coarse, 'fine': self.steps_fine, 'joint': self.steps_joint}[stage]
     def lr_g_at(self, stage) -> float:
@@ -190,6 +191,13 @@ def _load_parts(module, state, prefixes):
     if missing: raise ValueError(f"checkpoint lacks {len(missing)} weights of {prefixes}, e.g. {missing[:3]}")
     module.load_state_dict(sub, strict=False)
 
+def _frozen_copy(module):
+    "A copy of `module` in eval mode that no gradient reaches (the moving average of the generator's weights)."
+    import copy
+    m = copy.deepcopy(module).eval()
+    for q in m.parameters(): q.requires_grad_(False)
+    return m
+
 def _set_grad(module, flag):
     for p in module.parameters(): p.requires_grad_(flag)
 
@@ -236,11 +244,13 @@ class Trainer:
         if init is not None:   # start from an earlier stage: stage 2 takes only stage 1's generator
             ck = read_checkpoint(init)
             check_compatible(ck, model_cfg, stage1_only='fine.' not in S.init_parts)
-            _load_parts(self.model, ck['model'], S.init_parts)
+            _load_parts(self.model, generator_state(ck), S.init_parts)
         if train_cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
             self.discs = self.discs.to(memory_format=torch.channels_last)
         self._setup_trainable()
+        if not 0 <= train_cfg.ema < 1: raise ValueError(f"ema is a decay in [0, 1) (0: none), got {train_cfg.ema}")
+        self.model_ema = _frozen_copy(self.model) if train_cfg.ema else None   # what validation, best.pt and every reader use
         self.vgg = vgg
         if self.vgg is None and (loss_cfg.perceptual > 0 or loss_cfg.style > 0):
             self.vgg = shared_vgg(tuple(loss_cfg.vgg_layers))
@@ -338,7 +348,15 @@ def train_step(self, image, mask):
     self._check(g_loss, 'generator')
     self.scaler.scale(g_loss).backward(); self.scaler.step(self.opt_g); self.scaler.update()
     for name in self.d_names: _set_grad(self.discs[name], True)
+    if self.model_ema is not None: self._update_ema()
     return self._gather_logs(logs)
+
+@patch_to(Trainer)
+@torch.no_grad()
+def _update_ema(self):
+    "Move the average of the generator's weights towards them by `1 - ema`; buffers (batch-norm statistics) are copied."
+    for a, p in zip(self.model_ema.parameters(), self.model.parameters()): a.lerp_(p.detach(), 1 - self.tcfg.ema)
+    for a, b in zip(self.model_ema.buffers(), self.model.buffers()): a.copy_(b)
 
 @patch_to(Trainer)
 def _gather_logs(self, logs):
@@ -362,6 +380,7 @@ def state_dict(self):
     return {'stage': self.stage, 'step': self.step, 'best': self.best,
             'model': self.model.state_dict(), 'discs': self.discs.state_dict(),
             'opt_g': self.opt_g.state_dict(), 'opt_d': self.opt_d.state_dict(), 'scaler': self.scaler.state_dict(),
+            **({'model_ema': self.model_ema.state_dict()} if self.model_ema is not None else {}),
             'rng': _rng_state(), 'model_cfg': self.mcfg.to_dict(), 'loss_cfg': self.lcfg.to_dict(),
             'train_cfg': self.tcfg.to_dict(), 'precision_choice': self.precision_choice.to_dict(), 'threads': torch.get_num_threads(),
             'data': self.data_info, 'code_version': code_version()}
@@ -389,6 +408,10 @@ def load(self, path):
     if self.S.shared:   # a stage-1 run is shared by configurations that differ only in stage 2
         _load_parts(self.model, ck['model'], ('coarse.',)); _load_parts(self.discs, ck['discs'], ('global.', 'local.'))
     else: self.model.load_state_dict(ck['model']); self.discs.load_state_dict(ck['discs'])
+    if self.model_ema is not None:   # a checkpoint without the average (written before it was asked for) starts it afresh
+        if 'model_ema' not in ck: self.model_ema.load_state_dict(self.model.state_dict())
+        elif self.S.shared: _load_parts(self.model_ema, ck['model_ema'], ('coarse.',))
+        else: self.model_ema.load_state_dict(ck['model_ema'])
     self.opt_g.load_state_dict(ck['opt_g']); self.opt_d.load_state_dict(ck['opt_d']); self.scaler.load_state_dict(ck['scaler'])
     _set_rng_state(ck['rng']); self.step, self.best = ck['step'], ck['best']
     return self
@@ -406,11 +429,14 @@ def _val_batch(self):
 @torch.no_grad()
 def validate(self):
     "Mean absolute error inside the holes of fixed validation faces and masks (lower is better)."
-    self.model.eval()
-    image, mask = self._val_batch()
-    out = self.model(image, mask, stage=self.S.validate)
-    self.model.train()
-    if self.S.frozen_coarse: self.model.coarse.eval()
+    if self.model_ema is not None:   # the run's weights are the average: validate (and keep as best.pt) that
+        image, mask = self._val_batch(); out = self.model_ema(image, mask, stage=self.S.validate)
+    else:
+        self.model.eval()
+        image, mask = self._val_batch()
+        out = self.model(image, mask, stage=self.S.validate)
+        self.model.train()
+        if self.S.frozen_coarse: self.model.coarse.eval()
     err = ((out['out'] - image).abs() * mask).sum() / (mask.sum() * 3).clamp(min=1)
     return float(err), out
 
