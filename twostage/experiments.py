@@ -123,6 +123,8 @@ RECIPES = {r.row: r for r in (   # short stage-1 runs of a profile's full model 
     _recipe('coarse_base_32', 'coarse U-Net width 32', model=dict(coarse_base=32)),
     _recipe('pullpush', 'holes start from a pull-push fill, the U-Net predicts a residual', model=dict(coarse_prefill='pullpush')),
     _recipe('adv_warmup', 'no adversarial term in the first 300 steps', train=dict(adv_warmup=300)),
+    _recipe('ema', "a moving average of the generator's weights (decay 0.995, as StyleGAN's G_ema), scored in place of the last weights",
+            train=dict(ema=0.995)),   # the average keeps 0.995 ** steps of the untrained weights: 0.05 % after 1,500 steps
     _recipe('pullpush_warmup', 'pull-push start and the 300-step warm-up', model=dict(coarse_prefill='pullpush'), train=dict(adv_warmup=300)),
     _recipe('harmonic', 'holes start from a multi-scale harmonic fill, the U-Net predicts a residual', model=dict(coarse_prefill='harmonic')),
     _recipe('harmonic_input', 'the U-Net sees the holes filled by the harmonic fill and predicts the image', model=dict(coarse_prefill='harmonic_input')),

@@ -358,6 +358,11 @@ def _update_ema(self):
     for a, p in zip(self.model_ema.parameters(), self.model.parameters()): a.lerp_(p.detach(), 1 - self.tcfg.ema)
     for a, b in zip(self.model_ema.buffers(), self.model.buffers()): a.copy_(b)
 
+def _run_model(self):
+    "The generator this run stands for: the moving average when it keeps one (`TrainCfg.ema`), else the trained weights."
+    return self.model_ema if self.model_ema is not None else self.model
+Trainer.run_model = property(_run_model)
+
 @patch_to(Trainer)
 def _gather_logs(self, logs):
     "Loss terms as floats; under DDP, averaged over ranks (each holds an equal share of the global batch)."
