@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_train.ipynb #cf4637ba
 from __future__ import annotations
-import os, json, math, time, random, statistics, warnings, contextlib
+import os, copy, json, math, time, random, statistics, warnings, contextlib
 from dataclasses import dataclass, asdict, replace, field, fields
 from pathlib import Path
 import numpy as np
@@ -193,7 +193,6 @@ def _load_parts(module, state, prefixes):
 
 def _frozen_copy(module):
     "A copy of `module` in eval mode that no gradient reaches (the moving average of the generator's weights)."
-    import copy
     m = copy.deepcopy(module).eval()
     for q in m.parameters(): q.requires_grad_(False)
     return m
@@ -434,12 +433,11 @@ def _val_batch(self):
 @torch.no_grad()
 def validate(self):
     "Mean absolute error inside the holes of fixed validation faces and masks (lower is better)."
-    if self.model_ema is not None:   # the run's weights are the average: validate (and keep as best.pt) that
-        image, mask = self._val_batch(); out = self.model_ema(image, mask, stage=self.S.validate)
-    else:
-        self.model.eval()
-        image, mask = self._val_batch()
-        out = self.model(image, mask, stage=self.S.validate)
+    m = self.run_model   # the average when the run keeps one: validated, and kept as best.pt
+    m.eval()
+    image, mask = self._val_batch()
+    out = m(image, mask, stage=self.S.validate)
+    if m is self.model:
         self.model.train()
         if self.S.frozen_coarse: self.model.coarse.eval()
     err = ((out['out'] - image).abs() * mask).sum() / (mask.sum() * 3).clamp(min=1)
