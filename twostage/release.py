@@ -16,7 +16,8 @@ from .runs import read_checkpoint, generator_state
 
 # %% auto #0
 __all__ = ['RELEASE_DIR', 'RELEASE_NAME', 'BLEND_GRID', 'BLEND_UNITS', 'sha256_file', 'release_paths', 'export_release',
-           'read_release_record', 'load_release', 'release_checkpoint', 'update_release_record', 'tune_blend']
+           'read_release_record', 'load_release', 'release_checkpoint', 'update_release_record', 'tune_blend',
+           'screen_weights']
 
 # %% ../nbs/23_release.ipynb #c0e27092
 RELEASE_DIR = Path(__file__).resolve().parent / 'assets' if '__file__' in globals() else Path('../twostage/assets')
@@ -206,3 +207,49 @@ def _blend_name(g) -> str:
             + (f' sharpen={b.sharpen:g}' if b.sharpen else '')
             + (f' flat_scale={b.flat_scale:g}' if b.flat_scale else ''))
 
+
+# %% ../nbs/23_release.ipynb #9a0f74a4
+def screen_weights(candidates: dict,      # name -> a TwoStage generator in eval mode, without a blend (`model.blend = None`)
+                   images: dict,          # subset -> N x 3 x S x S validation faces in [-1, 1] (never the test faces)
+                   families=('thin', 'medium', 'thick', 'freeform', 'center', 'eyeband'),
+                   seeds=(1,),            # mask seeds: each face gets one mask of every family per seed
+                   peers=('biharmonic', 'telea', 'navier_stokes'),
+                   blend: EdgeBlend | None = None, # scored on every candidate's output (and the network alone, '<name> (network)')
+                   perceptual=None,       # a perceptual metric (`twostage.metrics.build_perceptual_metric`), or None
+                   by_hole_size: bool = True, # also the irregular families' masks by hole-share bucket ('<subset> by hole share')
+                   batch_size: int = 32, device=None, progress: bool = False) -> dict:
+    "Per-face scores of candidate weights and the classical peers on shared masks: name -> rows for `twostage.tables.paired_bootstrap`."
+    from twostage.masks import make_mask, mask_rng, bucket_of, hole_ratios, IRREGULAR
+    from twostage.peers import inpaint_peer
+    from twostage.metrics import psnr, ssim
+    if not candidates: raise ValueError("screen_weights needs at least one candidate")
+    if (withb := [n for n, m in candidates.items() if m.blend is not None]):
+        raise ValueError(f"screen_weights scores the networks' own output (and `blend=` on it): set model.blend = None on {withb}")
+    rows = []
+    def score(name, subset, fam, seed, out, img, buckets):
+        m = {'psnr': psnr(out, img), 'ssim': ssim(out, img)}
+        if perceptual is not None: m[perceptual.name] = perceptual(out, img).numpy()
+        m = {k: np.asarray(v, np.float64) for k, v in m.items()}
+        rows.append(pd.DataFrame({'name': name, 'subset': subset, 'family': fam, 'seed': seed, 'index': range(len(img)), **m}))
+        if buckets is not None:
+            rows.append(pd.DataFrame({'name': name, 'subset': f'{subset} by hole share', 'family': buckets, 'seed': seed,
+                                      'index': range(len(img)), **m}))
+    for subset, ims in images.items():
+        S = ims.shape[-1]
+        for seed in seeds:
+            for fam in families:
+                masks = torch.stack([torch.from_numpy(make_mask(fam, S, mask_rng(seed, fam, i))) for i in range(len(ims))])[:, None].float()
+                bk = [bucket_of(r) for r in hole_ratios(masks)] if by_hole_size and fam in IRREGULAR else None
+                fill = EdgeBlend.fill(ims, masks) if blend is not None else None
+                for p in peers: score(f'peer_{p}', subset, fam, seed, inpaint_peer(p, ims, masks), ims, bk)
+                for name, model in candidates.items():
+                    dev = next(model.parameters()).device if device is None else torch.device(device)
+                    with torch.no_grad():
+                        out = torch.cat([model(ims[b:b + batch_size].to(dev), masks[b:b + batch_size].to(dev))['out'].float().cpu()
+                                         for b in range(0, len(ims), batch_size)])
+                    if blend is None: score(name, subset, fam, seed, out, ims, bk); continue
+                    score(f'{name} (network)', subset, fam, seed, out, ims, bk)
+                    score(name, subset, fam, seed, blend(out, ims, masks, fill=fill).clamp(-1, 1), ims, bk)
+            if progress: print(f"[screen] {subset}, mask seed {seed}: {len(ims)} faces x {len(families)} families scored", flush=True)
+    df = pd.concat(rows, ignore_index=True)
+    return {n: d.drop(columns='name').reset_index(drop=True) for n, d in df.groupby('name', sort=False)}
