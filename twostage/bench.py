@@ -218,8 +218,7 @@ def _screen_model(spec: str, device=None):
     elif spec.endswith('.safetensors'): m = load_release(Path(spec).stem, Path(spec).parent, blend=False, device=device)[0]
     elif Path(spec).is_file(): m = load_model(spec, device=device)[0]
     else: raise UserError(f"no weights at {spec!r}: give a training checkpoint (.pt), a release .safetensors, or 'shipped'")
-    m.blend = None
-    return m
+    return m   # without a blend: neither reader attaches one here
 
 def screen_table(weights: dict,           # name -> 'shipped', a release .safetensors or a training checkpoint (its average if kept)
                  ref: str | None = None,  # the name the others are compared with (default: the first)
@@ -237,7 +236,8 @@ def screen_table(weights: dict,           # name -> 'shipped', a release .safete
     from twostage.experiments import get_profile
     from twostage.masks import IRREGULAR
     from twostage.metrics import build_perceptual_metric
-    from twostage.release import load_release, screen_weights
+    from twostage.models.blend import EdgeBlend
+    from twostage.release import read_release_record, screen_weights
     from twostage.tables import paired_bootstrap
     if not weights: raise UserError("screen: give at least one NAME=WEIGHTS")
     ref = ref or next(iter(weights))
@@ -248,7 +248,9 @@ def screen_table(weights: dict,           # name -> 'shipped', a release .safete
     gl = glasses(val); others = val.iloc[P.blend_val:]; others = others[~others.index.isin(gl.index)].iloc[:n_faces]
     if not len(others): raise UserError(f"screen: no validation faces past the first {P.blend_val} (the edge blend's) in {faces.root}")
     perc = build_perceptual_metric() if perceptual is True else perceptual
-    kw = dict(blend=load_release(blend=True)[0].blend if blend else None, peers=P.peers, perceptual=perc, device=device, progress=progress)
+    shipped = read_release_record().get('blend') if blend else None   # the shipped edge blend's parameters, when it has one
+    eb = EdgeBlend(**shipped['params']) if shipped else None
+    kw = dict(blend=eb, peers=P.peers, perceptual=perc, device=device, progress=progress)
     S = P.train.size
     per = screen_weights(cands, {'others': load_images(others, S)}, families=P.families, seeds=(1,), **kw)
     if glasses_seeds and len(gl):
@@ -257,7 +259,7 @@ def screen_table(weights: dict,           # name -> 'shipped', a release .safete
         per = {k: pd.concat([pg[k], per[k]], ignore_index=True) for k in per}
     metrics = ('psnr', 'ssim') + ((perc.name,) if perc is not None else ())
     bt = paired_bootstrap(per, ref, metrics=metrics, n_boot=n_boot).assign(ref=ref)
-    if blend:   # the networks alone, against the reference's network alone
+    if eb is not None:   # the networks alone, against the reference's network alone
         net = {k: v for k, v in per.items() if k.startswith('peer_') or k.endswith(' (network)')}
         bt = pd.concat([bt, paired_bootstrap(net, f'{ref} (network)', metrics=metrics, n_boot=n_boot).assign(ref=f'{ref} (network)')],
                        ignore_index=True)

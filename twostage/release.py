@@ -135,6 +135,17 @@ BLEND_GRID = ((0.0, 0.0, 1.0), (1.0, 0.0, 4.0), (1.0, 0.0, 8.0), (0.9, 0.0, 8.0)
 BLEND_UNITS = {'psnr': 1.0, 'ssim': 0.01}          # margins in these units (a perceptual distance: 0.01) for the tie-break
 
 @torch.no_grad()
+def _val_masks(family: str, n: int, size: int, seed: int) -> torch.Tensor:
+    "n x 1 x size x size masks of a family, mask `i` from `mask_rng(seed, family, i)`: the masks a screen of validation faces shares."
+    from twostage.masks import make_mask, mask_rng
+    return torch.stack([torch.from_numpy(make_mask(family, size, mask_rng(seed, family, i))) for i in range(n)])[:, None].float()
+
+def _outputs(model, images: torch.Tensor, masks: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    "The model's output ('out') for every image, in batches on `device`, back on the CPU in float32."
+    with torch.no_grad():
+        return torch.cat([model(images[b:b + batch_size].to(device), masks[b:b + batch_size].to(device))['out'].float().cpu()
+                          for b in range(0, len(images), batch_size)])
+
 def tune_blend(model,               # a TwoStage generator (no blend attached), eval mode
                images: torch.Tensor, # N x 3 x S x S validation faces in [-1, 1] (never the test faces)
                families=('thin', 'medium', 'thick', 'freeform', 'center', 'eyeband'),
@@ -146,7 +157,7 @@ def tune_blend(model,               # a TwoStage generator (no blend attached), 
                min_bucket_faces: int = 10, # ... a bucket counts where at least this many faces have a mask in it
                batch_size: int = 32, device=None, progress: bool = False) -> tuple:
     "(choice: {'params', 'chosen_on', 'wins', 'shortfall'}, scores: one row per candidate or peer, family (or 'holes <bucket>') and metric)."
-    from twostage.masks import make_mask, mask_rng, bucket_of, hole_ratios, IRREGULAR
+    from twostage.masks import bucket_of, hole_ratios, IRREGULAR
     from twostage.peers import inpaint_peer
     from twostage.metrics import psnr, ssim
     if model.blend is not None: raise ValueError("tune_blend needs the network's own output: set model.blend = None first")
@@ -160,9 +171,8 @@ def tune_blend(model,               # a TwoStage generator (no blend attached), 
         if buckets is not None:
             per.append(pd.DataFrame({'method': name, 'face': range(len(img)), 'bucket': buckets, **{k: np.asarray(v) for k, v in m.items()}}))
     for fam in families:
-        masks = torch.stack([torch.from_numpy(make_mask(fam, S, mask_rng(seed, fam, i))) for i in range(len(images))])[:, None].float()
-        outs = torch.cat([model(images[b:b + batch_size].to(dev), masks[b:b + batch_size].to(dev))['out'].float().cpu()
-                          for b in range(0, len(images), batch_size)])
+        masks = _val_masks(fam, len(images), S, seed)
+        outs = _outputs(model, images, masks, batch_size, dev)
         fill = EdgeBlend.fill(images, masks)   # the fill the shipped blend mixes in; the peer 'biharmonic' is scikit-image's
         bk = [bucket_of(r) for r in hole_ratios(masks)] if by_hole_size and fam in IRREGULAR else None
         for p in peers: score(f'peer_{p}', fam, inpaint_peer(p, images, masks), images, bk)
@@ -219,7 +229,7 @@ def screen_weights(candidates: dict,      # name -> a TwoStage generator in eval
                    by_hole_size: bool = True, # also the irregular families' masks by hole-share bucket ('<subset> by hole share')
                    batch_size: int = 32, device=None, progress: bool = False) -> dict:
     "Per-face scores of candidate weights and the classical peers on shared masks: name -> rows for `twostage.tables.paired_bootstrap`."
-    from twostage.masks import make_mask, mask_rng, bucket_of, hole_ratios, IRREGULAR
+    from twostage.masks import bucket_of, hole_ratios, IRREGULAR
     from twostage.peers import inpaint_peer
     from twostage.metrics import psnr, ssim
     if not candidates: raise ValueError("screen_weights needs at least one candidate")
@@ -238,15 +248,13 @@ def screen_weights(candidates: dict,      # name -> a TwoStage generator in eval
         S = ims.shape[-1]
         for seed in seeds:
             for fam in families:
-                masks = torch.stack([torch.from_numpy(make_mask(fam, S, mask_rng(seed, fam, i))) for i in range(len(ims))])[:, None].float()
+                masks = _val_masks(fam, len(ims), S, seed)
                 bk = [bucket_of(r) for r in hole_ratios(masks)] if by_hole_size and fam in IRREGULAR else None
                 fill = EdgeBlend.fill(ims, masks) if blend is not None else None
                 for p in peers: score(f'peer_{p}', subset, fam, seed, inpaint_peer(p, ims, masks), ims, bk)
                 for name, model in candidates.items():
                     dev = next(model.parameters()).device if device is None else torch.device(device)
-                    with torch.no_grad():
-                        out = torch.cat([model(ims[b:b + batch_size].to(dev), masks[b:b + batch_size].to(dev))['out'].float().cpu()
-                                         for b in range(0, len(ims), batch_size)])
+                    out = _outputs(model, ims, masks, batch_size, dev)
                     if blend is None: score(name, subset, fam, seed, out, ims, bk); continue
                     score(f'{name} (network)', subset, fam, seed, out, ims, bk)
                     score(name, subset, fam, seed, blend(out, ims, masks, fill=fill).clamp(-1, 1), ims, bk)
