@@ -13,7 +13,7 @@ from .models.twostage import ModelCfg, PAPER_CFG, LITE_CFG, TINY_CFG, STAGES, bu
 
 # %% auto #0
 __all__ = ['PRESETS', 'TRAIN_VARIANTS', 'FILLS', 'bench_forward', 'bench_train_step', 'train_table', 'recipe_table', 'fill_table',
-           'screen_table', 'forward_table', 'main']
+           'screen_table', 'outside_table', 'forward_table', 'main']
 
 # %% ../nbs/90_bench.ipynb #48c6bf5a
 PRESETS = {'PAPER': PAPER_CFG, 'LITE': LITE_CFG}
@@ -265,6 +265,50 @@ def screen_table(weights: dict,           # name -> 'shipped', a release .safete
                        ignore_index=True)
     return bt
 
+# %% ../nbs/90_bench.ipynb #596bebcd
+def outside_table(weights: str = 'shipped', # 'shipped' (with its edge blend, as `twostage-inpaint` runs it) or a training checkpoint
+                  profile='release', data=None,
+                  n_faces: int = 400,        # test faces
+                  families=('freeform', 'medium', 'thick'),
+                  width: int | None = None,  # portrait width in pixels (default: 3/4 of the profile's size)
+                  peers=('biharmonic', 'telea', 'navier_stokes'),
+                  min_px: int = 20,          # fewer hole pixels in a region: the face does not count there
+                  n_boot: int = 2000, device=None, progress: bool = False) -> pd.DataFrame:
+    "Hole pixels outside (and inside) the centre square of portrait crops of test faces: `inpaint_image` against the peers, paired intervals."
+    import numpy as np, pandas as pd
+    from PIL import Image
+    from twostage.evaluate import eval_faces, load_images
+    from twostage.experiments import get_profile
+    from twostage.inpaint import crop_box, inpaint_image, load_inpainter
+    from twostage.masks import make_mask, mask_rng
+    from twostage.peers import inpaint_peer
+    from twostage.tables import paired_bootstrap
+    P = get_profile(profile) if isinstance(profile, str) else profile
+    S = P.train.size; w = int(width or S * 3 // 4)
+    if not 0 < w < S: raise ValueError(f"width must be between 1 and {S - 1} (the profile's size {S}), got {w}")
+    model, _ = load_inpainter(None if weights == 'shipped' else weights, device=device)
+    model.eval()
+    ims = load_images(eval_faces(P.faces(data), n_faces, 0)['all'], S)[..., (S - w) // 2:(S - w) // 2 + w]
+    l, t, r, b = crop_box(w, S); inside = np.zeros((S, w), bool); inside[t:b, l:r] = True
+    u8 = lambda x: ((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    per = {k: [] for k in ('twostage', *peers)}
+    for fam in families:
+        for i in range(len(ims)):
+            m = make_mask(fam, (S, w), mask_rng(23, fam, i)) > 0.5
+            gt = u8(ims[i])
+            outs = {'twostage': np.asarray(inpaint_image(model, Image.fromarray(gt), m)[0])}
+            mt = torch.from_numpy(m.astype(np.float32))[None, None]
+            outs.update({p: u8(inpaint_peer(p, ims[i:i + 1], mt)[0]) for p in peers})
+            for region, px in (('outside', m & ~inside), ('inside', m & inside)):
+                if px.sum() < min_px: continue
+                for k, o in outs.items():
+                    err = o[px].astype(np.float64) - gt[px]
+                    per[k].append(dict(subset=region, family=fam, index=i, n_px=int(px.sum()), mae=float(np.abs(err).mean()),
+                                       psnr=float(10 * np.log10(255 ** 2 / max((err ** 2).mean(), 1e-10)))))
+            if progress and i % 50 == 49: print(f"outside: {fam} {i + 1}/{len(ims)}", file=sys.stderr, flush=True)
+    per = {k: pd.DataFrame(v) for k, v in per.items()}
+    return paired_bootstrap(per, 'twostage', metrics=('psnr', 'mae'), n_boot=n_boot).assign(width=w, size=S)
+
 # %% ../nbs/90_bench.ipynb #23807035
 def forward_table(configs=('PAPER', 'LITE'), # names in `PRESETS`
                   sizes=(64, 128, 256), # image sides
@@ -342,6 +386,13 @@ def main(argv=None):
     w.add_argument('--perceptual', action='store_true', help="also score the perceptual metric (LPIPS, else ST-LPIPS, named in its column)")
     w.add_argument('--device', default=None); w.add_argument('--threads', type=int, default=None)
     w.add_argument('--csv', default=None, help='also write the rows to this CSV')
+    o = sub.add_parser('outside', help="hole pixels beyond the centre square of portrait crops of test faces: twostage-inpaint's squares against the classical peers")
+    o.add_argument('--weights', default='shipped', help="'shipped' (with its edge blend) or a training checkpoint")
+    o.add_argument('--profile', default='release'); o.add_argument('--data', default=None)
+    o.add_argument('--n-faces', type=int, default=400); o.add_argument('--width', type=int, default=None, help='portrait width (default: 3/4 of the size)')
+    o.add_argument('--families', nargs='+', default=['freeform', 'medium', 'thick'])
+    o.add_argument('--device', default=None); o.add_argument('--threads', type=int, default=None)
+    o.add_argument('--csv', default=None, help='also write the rows to this CSV')
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {get_device(getattr(a, 'device', None))}, "
@@ -365,6 +416,12 @@ def main(argv=None):
         d = df[(df.name != df.ref) & ~df.name.str.startswith('peer_') & (df.name.str.endswith(' (network)') == df.ref.str.endswith(' (network)'))]
         print(d.assign(v=[f"{r['diff']:+.4f} [{r.diff_lo:+.4f}, {r.diff_hi:+.4f}]" for _, r in d.iterrows()])
                .pivot_table(index=['ref', 'name', 'subset', 'family'], columns='metric', values='v', aggfunc='first').to_string())
+        if a.csv: _write_csv(df, a.csv)
+        return df
+    if a.cmd == 'outside':
+        df = outside_table(a.weights, a.profile, a.data, a.n_faces, a.families, a.width, device=a.device, progress=True)
+        print(df.assign(v=[f"{r['mean']:.2f} ({r['diff']:+.2f} [{r.diff_lo:+.2f}, {r.diff_hi:+.2f}])" for _, r in df.iterrows()])
+               .pivot_table(index=['subset', 'metric', 'name'], columns='family', values='v', aggfunc='first').to_string())
         if a.csv: _write_csv(df, a.csv)
         return df
     if a.cmd == 'recipe':

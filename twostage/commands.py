@@ -25,7 +25,8 @@ def inpaint_main(argv=None):
     import argparse
     p = argparse.ArgumentParser(prog='twostage-inpaint', description='Inpaint photos with a trained twostage model. '
                                 'Masks: white/255 = hole. Photos of any size are centre-cropped to a square, resized to '
-                                'the model size, and only the hole pixels of the original are replaced.')
+                                'the model size, and only the hole pixels of the original are replaced; holes outside '
+                                'the centre square are filled from more squares of the same size (--outside keep: left as they are).')
     p.add_argument('--checkpoint', help='last.pt / best.pt written by twostage-train (default: the shipped 128 px release model)')
     p.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime'],
                    help="run the model in PyTorch, or in onnxruntime (needs the 'onnx' extra; exported on the fly unless --onnx)")
@@ -43,6 +44,9 @@ def inpaint_main(argv=None):
     p.add_argument('--stage', default='both', choices=['both', 'coarse'])
     p.add_argument('--no-blend', action='store_true', help="the shipped model without its edge blend: the network's output alone")
     p.add_argument('--size', type=int, help="model input side (default: the checkpoint's training size)")
+    p.add_argument('--outside', default='fill', choices=['fill', 'keep'],
+                   help='hole pixels outside the centre square of a non-square photo: fill them from more squares of '
+                   'the same side (default), or keep them as they are (with a warning)')
     p.add_argument('--invert-mask', default='check', choices=['check', 'yes', 'no', 'auto'],
                    help='check: refuse masks >90%% hole (they look inverted); yes: invert; no: never; auto: invert when they look inverted')
     p.add_argument('--experiment', help='check the checkpoint is this experiment (needs --profile)')
@@ -66,7 +70,7 @@ def inpaint_main(argv=None):
     if a.no_blend and a.checkpoint: p.error('--no-blend is for the shipped model; a --checkpoint has no blend')
     model, ck = load_inpainter(_resolve_checkpoint(a), device=a.device, model_cfg=mcfg, blend=not a.no_blend)
     model = _backend(model, a)
-    kw = dict(stage=a.stage, size=a.size, invert=invert)
+    kw = dict(stage=a.stage, size=a.size, invert=invert, outside=a.outside)
     if a.image:
         res, info = inpaint_image(model, a.image, a.mask, **kw)
         for w in info['warnings']: print(f'warning: {w}', file=sys.stderr)

@@ -14,26 +14,52 @@ from .core import pil_to_tensor, tensor_to_pil, get_device, atomic_write, UserEr
 from .data import load_image, UnreadableImage, IMG_EXTS, to_rgb
 
 # %% auto #0
-__all__ = ['INVERTED_ABOVE', 'MASK_FORMATS', 'RELEASE', 'OUT_FORMATS', 'crop_box', 'prepare', 'read_mask', 'prepare_mask',
-           'paste_back', 'load_inpainter', 'inpaint_image', 'out_format', 'save_image', 'pair_files', 'plan_folder',
-           'inpaint_folder']
+__all__ = ['INVERTED_ABOVE', 'MASK_FORMATS', 'RELEASE', 'OUT_FORMATS', 'crop_box', 'window_boxes', 'prepare', 'read_mask',
+           'prepare_mask', 'paste_back', 'load_inpainter', 'inpaint_image', 'out_format', 'save_image', 'pair_files',
+           'plan_folder', 'inpaint_folder']
 
 # %% ../nbs/14_inpaint.ipynb #7c298dee
-def crop_box(w: int, h: int) -> tuple:
-    "The centre square of a `w x h` image as a PIL box (left, top, right, bottom)."
-    s = min(w, h); left, top = (w - s) // 2, (h - s) // 2
-    return (left, top, left + s, top + s)
+def crop_box(w: int, h: int,           # the image's size
+             offset: int | None = None, # where the square starts along the long side (None: the centre)
+            ) -> tuple:
+    "A square of side min(w, h) of a `w x h` image as a PIL box (left, top, right, bottom): the centre one by default."
+    s = min(w, h); o = (max(w, h) - s) // 2 if offset is None else int(offset)
+    if not 0 <= o <= max(w, h) - s: raise ValueError(f"offset {o} puts the {s}x{s} square outside the {w}x{h} image")
+    return (o, 0, o + s, s) if w >= h else (0, o, s, o + s)
+
+def window_boxes(w: int, h: int, # the photo's size
+                 hole=None,      # H x W bool (True = hole): keep only the squares that hold a hole pixel no earlier one covers
+                ) -> list:
+    "The squares of side min(w, h) that cover a `w x h` photo, in the order they run: the centre one, then outwards, alternating sides."
+    s, L = min(w, h), max(w, h); c = (L - s) // 2
+    left, right, o = [], [], c
+    while o > 0: o = max(0, o - s); left.append(o)
+    o = c
+    while o < L - s: o = min(L - s, o + s); right.append(o)
+    order = [c] + [o for i in range(max(len(left), len(right))) for o in (left[i:i + 1] + right[i:i + 1])]
+    boxes = [crop_box(w, h, o) for o in order]
+    if hole is None: return boxes
+    hole = np.asarray(hole, dtype=bool); covered = np.zeros_like(hole); keep = []
+    for bx in boxes:
+        l, t, r, b = bx
+        if (hole[t:b, l:r] & ~covered[t:b, l:r]).any(): keep.append(bx)
+        covered[t:b, l:r] = True
+    return keep
 
 def prepare(img: Image.Image, # any PIL image (converted to RGB; alpha composited over white)
             size: int,        # the model's input side S
+            box=None,         # the square to take, as from `crop_box` / `window_boxes` (default: the centre one)
            ) -> tuple:
-    "Centre-crop to a square and resize to `size`: (1 x 3 x S x S tensor in [-1, 1], info for `paste_back`)."
+    "Crop a square (the centre one by default) and resize it to `size`: (1 x 3 x S x S tensor in [-1, 1], info for `paste_back`)."
     img = to_rgb(img)
-    w, h = img.size; box = crop_box(w, h); s = box[2] - box[0]
+    w, h = img.size; centre = crop_box(w, h); box = tuple(box) if box is not None else centre; s = box[2] - box[0]
+    if box[3] - box[1] != s or box[0] < 0 or box[1] < 0 or box[2] > w or box[3] > h:
+        raise ValueError(f"box {box} is not a square inside the {w}x{h} image")
     sq = img.crop(box)
     if s != size: sq = sq.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+    what = 'centre-cropped' if box == centre else 'cropped'
     info = {'orig_size': (w, h), 'box': box, 'crop': s, 'size': size,
-            'note': (f"centre-cropped {w}x{h} to {s}x{s} at ({box[0]}, {box[1]})" if (w, h) != (s, s) else f"square {s}x{s}")
+            'note': (f"{what} {w}x{h} to {s}x{s} at ({box[0]}, {box[1]})" if (w, h) != (s, s) else f"square {s}x{s}")
                     + (f", resized to {size}x{size}" if s != size else "")}
     return pil_to_tensor(sq)[None], info
 
@@ -194,9 +220,11 @@ def inpaint_image(model,                # a TwoStage model (eval mode), e.g. fro
                   device=None,          # default: the model's device
                   size: int | None = None, # model side (default: the checkpoint's training size)
                   invert=None,          # mask polarity handling, see `read_mask`
+                  outside: str = 'fill', # hole pixels outside the centre square: 'fill' (more squares, `window_boxes`) | 'keep' (left as they are)
                  ) -> tuple:
-    "Inpaint one photo: (PIL result at the original size, info dict with crop box, warnings, timings)."
+    "Inpaint one photo: (PIL result at the original size, info dict with crop box, squares run, warnings, timings)."
     if stage not in ('both', 'coarse'): raise ValueError(f"stage must be 'both' or 'coarse', got {stage!r}")
+    if outside not in ('fill', 'keep'): raise ValueError(f"outside must be 'fill' or 'keep', got {outside!r}")
     if isinstance(image, (str, Path)): image = load_image(image)
     image = to_rgb(image)
     S = _size_for(model, size)
@@ -207,17 +235,29 @@ def inpaint_image(model,                # a TwoStage model (eval mode), e.g. fro
         stage = 'coarse'
     info.update(stage=stage, warnings=msgs, hole_ratio=float(mfull.mean()))
     l, t, r, b = info['box']
-    outside = int(mfull.sum() - mfull[t:b, l:r].sum())
-    if outside: msgs.append(f"{outside} hole pixels lie outside the centre crop {info['box']} and were left unchanged")
-    if not mfull[t:b, l:r].any():
+    if outside == 'fill': boxes = window_boxes(*image.size, mfull)
+    else:
+        boxes = [info['box']] if mfull[t:b, l:r].any() else []
+        n_out = int(mfull.sum() - mfull[t:b, l:r].sum())
+        if n_out: msgs.append(f"{n_out} hole pixels lie outside the centre crop {info['box']} and were left unchanged (outside='keep')")
+    info['windows'] = boxes
+    if not boxes:
         info['ran'] = False
         return image.copy(), info
-    m = _model_mask(mfull, info['box'], S)
+    if len(boxes) > 1 or boxes[0] != info['box']:
+        info['note'] += f"; the hole pixels outside it filled from {len(boxes) - (info['box'] in boxes)} more {info['crop']}x{info['crop']} square(s)"
     dev = torch.device(device) if device else next(model.parameters()).device
-    t0 = time.perf_counter()
-    res = model(x.to(dev), m.to(dev), stage=stage)
-    info.update(ran=True, seconds=time.perf_counter() - t0)
-    return paste_back(res['out'].float().cpu(), image, info, mfull), info
+    res, todo, secs = image, mfull.copy(), 0.
+    for box in boxes:                                   # the centre square first: it sees the photo as given
+        xb, ib = (x, info) if box == info['box'] else prepare(res, S, box)
+        l, t, r, b = box
+        part = np.zeros_like(todo); part[t:b, l:r] = todo[t:b, l:r]     # the holes this square fills
+        t0 = time.perf_counter()
+        out = model(xb.to(dev), _model_mask(todo, box, S).to(dev), stage=stage)['out']
+        secs += time.perf_counter() - t0
+        res = paste_back(out.float().cpu(), res, ib, part); todo &= ~part
+    info.update(ran=True, seconds=secs)
+    return res, info
 
 # %% ../nbs/14_inpaint.ipynb #ffaef831
 OUT_FORMATS = {'.png': ('PNG', {}), '.jpg': ('JPEG', {'quality': 95}), '.jpeg': ('JPEG', {'quality': 95}),
@@ -305,6 +345,7 @@ def inpaint_folder(model,            # a TwoStage model, e.g. from `load_inpaint
                    out_dir,          # results go here as <photo stem>.<ext>, plus report.json
                    pair: str = 'name', # 'name': by file stem | 'order': by sorted order
                    stage: str = 'both', device=None, size: int | None = None, invert=None,
+                   outside: str = 'fill',  # hole pixels outside the centre square: see `inpaint_image`
                    progress: bool = False, # print one line per photo
                    ext: str = 'png',       # result format: png, jpg, jpeg, webp, bmp, tif, tiff
                    overwrite: bool = False, # replace results of an earlier run (inputs are never replaced)
@@ -316,7 +357,7 @@ def inpaint_folder(model,            # a TwoStage model, e.g. from `load_inpaint
     skipped = [{'image': str(im), 'reason': f"no mask for {im.name} (pair={pair!r})"} for im in plan['no_mask']]
     for im, m, out in plan['jobs']:
         try:
-            res, info = inpaint_image(model, im, m, stage=stage, device=device, size=size, invert=invert)
+            res, info = inpaint_image(model, im, m, stage=stage, device=device, size=size, invert=invert, outside=outside)
             save_image(res, out)
             done.append({'image': str(im), 'mask': str(m), 'out': str(out), 'warnings': info['warnings']})
         except (UnreadableImage, ValueError, OSError) as e:   # a bad pair is reported, the run goes on
