@@ -145,7 +145,7 @@ def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l
     from twostage.experiments import get_profile, RECIPES
     from twostage.evaluate import evaluate, model_fn
     from twostage.peers import inpaint_peer
-    from twostage.train import Trainer
+    from twostage.train import train_stages
     bad = [v for v in variants if v not in RECIPES]
     if bad: raise ValueError(f"unknown variant(s) {bad}; valid: {list(RECIPES)}")
     if peer in variants: raise ValueError(f"the peer {peer!r} has the name of a variant; its rows would mix with the variant's")
@@ -166,10 +166,13 @@ def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l
         t = dataclasses.replace(P.train_cfg(exp), steps_coarse=steps, sample_every=0)
         if not steps:
             torch.manual_seed(t.seed); score(v, model_fn(build_model(m).eval(), 'coarse', device), 0.); continue
-        with tempfile.TemporaryDirectory() as tmp:
-            tr = Trainer(m, l, t, train, tmp, stage='coarse', val_dataset=faces.dataset('val'), device=device, progress=False)
-            t0 = time.time(); tr.fit(resume=False); sec = time.time() - t0
-            score(v, model_fn(tr.run_model, 'coarse', device), sec)   # the moving average when the recipe keeps one
+        with tempfile.TemporaryDirectory() as tmp:   # train_stages: the one driver, so a recipe's low-resolution start runs too
+            done = {}
+            t0 = time.time()
+            train_stages(m, l, t, train, tmp, stages=('coarse',), val_dataset=faces.dataset('val'), device=device, resume=False,
+                         progress=False, on_stage_done=lambda st, tr, f: done.update(tr=tr))
+            sec = time.time() - t0
+            score(v, model_fn(done['tr'].run_model, 'coarse', device), sec)   # the moving average when the recipe keeps one
     return pd.DataFrame(rows)
 
 # %% ../nbs/90_bench.ipynb #a97b8882

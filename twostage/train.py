@@ -26,14 +26,15 @@ from .losses import (LossCfg, reconstruction_loss, adversarial_g_loss, adversari
                              relativistic_g_loss, relativistic_d_loss)
 
 # %% auto #0
-__all__ = ['STAGES', 'TRAIN_LATER_FIELDS', 'STAGE2_TRAIN_FIELDS', 'TrainCfg', 'stage_seed', 'resolve_precision', 'StepBatches',
-           'step_masks', 'dist_info', 'maybe_init_distributed', 'unwrap', 'all_gather_objects', 'TrainingDiverged',
-           'shared_vgg', 'Trainer', 'save_sample_grid', 'ImageTensorDataset', 'train_step_time', 'tiny_checkpoint',
-           'train_stages']
+__all__ = ['STAGES', 'TRAIN_LATER_FIELDS', 'STAGE2_TRAIN_FIELDS', 'START_DIR', 'TrainCfg', 'stage_seed', 'resolve_precision',
+           'StepBatches', 'step_masks', 'dist_info', 'maybe_init_distributed', 'unwrap', 'all_gather_objects',
+           'TrainingDiverged', 'shared_vgg', 'Trainer', 'save_sample_grid', 'ImageTensorDataset', 'train_step_time',
+           'tiny_checkpoint', 'train_stages', 'at_size']
 
 # %% ../nbs/12_train.ipynb #bcfab896
 STAGES = tuple(TRAINING_STAGES)   # 'coarse', 'fine', 'joint': what each does is a row of models.twostage.TRAINING_STAGES
-TRAIN_LATER_FIELDS = {'adv_warmup': 0, 'fine_seed': 0, 'lr_g_fine': None, 'adversarial_fine': None, 'favour_glasses': 0.0, 'ema': 0.0}
+TRAIN_LATER_FIELDS = {'adv_warmup': 0, 'fine_seed': 0, 'lr_g_fine': None, 'adversarial_fine': None, 'favour_glasses': 0.0, 'ema': 0.0,
+                      'start_size': 0, 'start_steps': 0}
 STAGE2_TRAIN_FIELDS = ('steps_fine', 'steps_joint', 'fine_seed', 'lr_g_fine', 'adversarial_fine')   # what stage 1 never sees
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class TrainCfg:
     adversarial_fine: float | None = None  # stage 2's adversarial weight (None: the loss's `adversarial`; not in the paper)
     favour_glasses: float = 0.0     # share of each batch drawn from the training faces with eyeglasses, on top of the usual order (not in the paper)
     ema: float = 0.0                # decay of a moving average of the generator's weights, kept beside them and used as the run's weights (0: none; not in the paper)
+    start_size: int = 0             # stage 1 starts with `start_steps` steps at this smaller side, a run of its own whose weights start it (0: none; not in the paper)
+    start_steps: int = 0            # steps of that low-resolution start (`train_stages`)
 
     def steps(self, stage): return {'coarse': self.steps_coarse, 'fine': self.steps_fine, 'joint': self.steps_joint}[stage]
     def lr_g_at(self, stage) -> float:
@@ -623,6 +626,9 @@ def train_stages(model_cfg, loss_cfg, train_cfg, dataset,
     folder = out_dir if callable(out_dir) else (lambda st: Path(out_dir) / st)
     ckpts, vgg = {}, None
     for st in stages:
+        if st == 'coarse' and train_cfg.start_steps and init is None:   # the low-resolution start: its own run, in `<stage 1>/start`
+            init, vgg = _low_res_start(model_cfg, loss_cfg, train_cfg, dataset, val_dataset, Path(folder(st)) / START_DIR,
+                                       device, resume, progress, data_info, on_step, precision_choice)
         t = Trainer(model_cfg, loss_cfg, train_cfg, dataset, folder(st), stage=st, init=init, val_dataset=val_dataset,
                     vgg=vgg, device=device, progress=progress, on_step=on_step, data_info=data_info,
                     precision_choice=precision_choice)
@@ -631,3 +637,29 @@ def train_stages(model_cfg, loss_cfg, train_cfg, dataset,
         if on_stage_done is not None: on_stage_done(st, t, folder(st))
     return ckpts
 
+
+# %% ../nbs/12_train.ipynb #8a306e98
+START_DIR = 'start'   # the low-resolution start's run, inside the stage-1 run's folder
+
+def at_size(dataset, size: int):
+    "The same faces at side `size`: a `FaceDataset` read again at that size, or in-memory faces resized (antialiased bicubic)."
+    from twostage.data import FaceDataset
+    if isinstance(dataset, FaceDataset): return FaceDataset(dataset.df, size, cache=dataset.cache)
+    if isinstance(dataset, ImageTensorDataset):
+        return ImageTensorDataset(torch.nn.functional.interpolate(dataset.images, size=(size, size), mode='bicubic', antialias=True, align_corners=False).clamp(-1, 1))
+    raise TypeError(f"a low-resolution start needs a FaceDataset or an ImageTensorDataset, got {type(dataset).__name__}")
+
+def _low_res_start(model_cfg, loss_cfg, train_cfg, dataset, val_dataset, out, device, resume, progress, data_info, on_step,
+                   precision_choice) -> tuple:
+    "Train the low-resolution start of stage 1 in `out`: (its last.pt, the perceptual trunk)."
+    s, n = train_cfg.start_size, train_cfg.start_steps
+    if not 0 < s < train_cfg.size or n < 0:
+        raise ValueError(f"start_size must be between 1 and the training size {train_cfg.size - 1} (got {s}), start_steps >= 0 (got {n})")
+    k = getattr(build_model(model_cfg), 'multiple', 1)
+    if s % k: raise ValueError(f"start_size {s} is not a multiple of {k}, the model's downsampling factor")
+    tc = replace(train_cfg, size=s, steps_coarse=n, start_size=0, start_steps=0)
+    w = (s / train_cfg.size) ** 2        # the time estimate counts a start step as this share of a full-size one
+    t = Trainer(model_cfg, loss_cfg, tc, at_size(dataset, s), out, stage='coarse',
+                val_dataset=None if val_dataset is None else at_size(val_dataset, s), device=device, progress=progress,
+                on_step=None if on_step is None else (lambda *a: on_step(w)), data_info=data_info, precision_choice=precision_choice)
+    return t.fit(resume=resume), t.vgg
