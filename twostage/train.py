@@ -29,12 +29,12 @@ from .losses import (LossCfg, reconstruction_loss, adversarial_g_loss, adversari
 __all__ = ['STAGES', 'TRAIN_LATER_FIELDS', 'STAGE2_TRAIN_FIELDS', 'START_DIR', 'TrainCfg', 'stage_seed', 'resolve_precision',
            'StepBatches', 'step_masks', 'dist_info', 'maybe_init_distributed', 'unwrap', 'all_gather_objects',
            'TrainingDiverged', 'shared_vgg', 'Trainer', 'save_sample_grid', 'ImageTensorDataset', 'train_step_time',
-           'tiny_checkpoint', 'train_stages', 'at_size']
+           'tiny_checkpoint', 'train_stages', 'start_step_share', 'at_size']
 
 # %% ../nbs/12_train.ipynb #bcfab896
 STAGES = tuple(TRAINING_STAGES)   # 'coarse', 'fine', 'joint': what each does is a row of models.twostage.TRAINING_STAGES
 TRAIN_LATER_FIELDS = {'adv_warmup': 0, 'fine_seed': 0, 'lr_g_fine': None, 'adversarial_fine': None, 'favour_glasses': 0.0, 'ema': 0.0,
-                      'start_size': 0, 'start_steps': 0}
+                      'start_size': 0, 'start_steps': 0, 'start_batch': 0}
 STAGE2_TRAIN_FIELDS = ('steps_fine', 'steps_joint', 'fine_seed', 'lr_g_fine', 'adversarial_fine')   # what stage 1 never sees
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class TrainCfg:
     ema: float = 0.0                # decay of a moving average of the generator's weights, kept beside them and used as the run's weights (0: none; not in the paper)
     start_size: int = 0             # stage 1 starts with `start_steps` steps at this smaller side, a run of its own whose weights start it (0: none; not in the paper)
     start_steps: int = 0            # steps of that low-resolution start (`train_stages`)
+    start_batch: int = 0            # its batch (0: `batch_size`); e.g. four times the batch at half the side: the same pixels per step
 
     def steps(self, stage): return {'coarse': self.steps_coarse, 'fine': self.steps_fine, 'joint': self.steps_joint}[stage]
     def lr_g_at(self, stage) -> float:
@@ -641,6 +642,10 @@ def train_stages(model_cfg, loss_cfg, train_cfg, dataset,
 # %% ../nbs/12_train.ipynb #8a306e98
 START_DIR = 'start'   # the low-resolution start's run, inside the stage-1 run's folder
 
+def start_step_share(tcfg: TrainCfg) -> float:
+    "A low-resolution start step as a share of a full-size stage-1 step, by pixels per batch (the time estimate's unit)."
+    return (tcfg.start_size / tcfg.size) ** 2 * (tcfg.start_batch or tcfg.batch_size) / tcfg.batch_size
+
 def at_size(dataset, size: int):
     "The same faces at side `size`: a `FaceDataset` read again at that size, or in-memory faces resized (antialiased bicubic)."
     from twostage.data import FaceDataset
@@ -657,8 +662,9 @@ def _low_res_start(model_cfg, loss_cfg, train_cfg, dataset, val_dataset, out, de
         raise ValueError(f"start_size must be between 1 and the training size {train_cfg.size - 1} (got {s}), start_steps >= 0 (got {n})")
     k = getattr(build_model(model_cfg), 'multiple', 1)
     if s % k: raise ValueError(f"start_size {s} is not a multiple of {k}, the model's downsampling factor")
-    tc = replace(train_cfg, size=s, steps_coarse=n, start_size=0, start_steps=0)
-    w = (s / train_cfg.size) ** 2        # the time estimate counts a start step as this share of a full-size one
+    b = train_cfg.start_batch or train_cfg.batch_size
+    tc = replace(train_cfg, size=s, steps_coarse=n, batch_size=b, start_size=0, start_steps=0, start_batch=0)
+    w = start_step_share(train_cfg)      # the time estimate counts a start step as this share of a full-size one
     t = Trainer(model_cfg, loss_cfg, tc, at_size(dataset, s), out, stage='coarse',
                 val_dataset=None if val_dataset is None else at_size(val_dataset, s), device=device, progress=progress,
                 on_step=None if on_step is None else (lambda *a: on_step(w)), data_info=data_info, precision_choice=precision_choice)
