@@ -234,9 +234,9 @@ def inpaint_image(model,                # a TwoStage model (eval mode), e.g. fro
         msgs.insert(0, "this checkpoint finished stage 1 only (its fine network is untrained): ran stage='coarse'")
         stage = 'coarse'
     info.update(stage=stage, warnings=msgs, hole_ratio=float(mfull.mean()))
-    l, t, r, b = info['box']
     if outside == 'fill': boxes = window_boxes(*image.size, mfull)
     else:
+        l, t, r, b = info['box']
         boxes = [info['box']] if mfull[t:b, l:r].any() else []
         n_out = int(mfull.sum() - mfull[t:b, l:r].sum())
         if n_out: msgs.append(f"{n_out} hole pixels lie outside the centre crop {info['box']} and were left unchanged (outside='keep')")

@@ -660,8 +660,7 @@ def _low_res_start(model_cfg, loss_cfg, train_cfg, dataset, val_dataset, out, de
     s, n = train_cfg.start_size, train_cfg.start_steps
     if not 0 < s < train_cfg.size or n < 0:
         raise ValueError(f"start_size must be between 1 and the training size {train_cfg.size - 1} (got {s}), start_steps >= 0 (got {n})")
-    k = getattr(build_model(model_cfg), 'multiple', 1)
-    if s % k: raise ValueError(f"start_size {s} is not a multiple of {k}, the model's downsampling factor")
+    if s % model_cfg.multiple: raise ValueError(f"start_size {s} is not a multiple of {model_cfg.multiple}, the model's downsampling factor")
     b = train_cfg.start_batch or train_cfg.batch_size
     tc = replace(train_cfg, size=s, steps_coarse=n, batch_size=b, start_size=0, start_steps=0, start_batch=0)
     w = start_step_share(train_cfg)      # the time estimate counts a start step as this share of a full-size one
