@@ -286,14 +286,14 @@ def outside_table(weights: str = 'shipped', # 'shipped' (with its edge blend, as
     from twostage.masks import make_mask, mask_rng
     from twostage.peers import inpaint_peer
     from twostage.tables import paired_bootstrap
+    from twostage.core import tensor_to_pil
     P = get_profile(profile) if isinstance(profile, str) else profile
     S = P.train.size; w = int(width or S * 3 // 4)
     if not 0 < w < S: raise ValueError(f"width must be between 1 and {S - 1} (the profile's size {S}), got {w}")
-    model, _ = load_inpainter(None if weights == 'shipped' else weights, device=device)
-    model.eval()
+    model, _ = load_inpainter(None if weights == 'shipped' else weights, device=device)   # in eval mode
     ims = load_images(eval_faces(P.faces(data), n_faces, 0)['all'], S)[..., (S - w) // 2:(S - w) // 2 + w]
     l, t, r, b = crop_box(w, S); inside = np.zeros((S, w), bool); inside[t:b, l:r] = True
-    u8 = lambda x: ((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    u8 = lambda x: np.asarray(tensor_to_pil(x))   # what a saved result holds
     per = {k: [] for k in ('twostage', *peers)}
     for fam in families:
         for i in range(len(ims)):

@@ -134,7 +134,6 @@ BLEND_GRID = ((0.0, 0.0, 1.0), (1.0, 0.0, 4.0), (1.0, 0.0, 8.0), (0.9, 0.0, 8.0)
               (0.9, 0.35, 4.0, 5.0, 2.0, 0.2, 0.5, 0.004), (0.9, 0.35, 4.0, 5.0, 2.0, 0.2, 0.5, 0.008))
 BLEND_UNITS = {'psnr': 1.0, 'ssim': 0.01}          # margins in these units (a perceptual distance: 0.01) for the tie-break
 
-@torch.no_grad()
 def _val_masks(family: str, n: int, size: int, seed: int) -> torch.Tensor:
     "n x 1 x size x size masks of a family, mask `i` from `mask_rng(seed, family, i)`: the masks a screen of validation faces shares."
     from twostage.masks import make_mask, mask_rng
@@ -146,6 +145,7 @@ def _outputs(model, images: torch.Tensor, masks: torch.Tensor, batch_size: int, 
         return torch.cat([model(images[b:b + batch_size].to(device), masks[b:b + batch_size].to(device))['out'].float().cpu()
                           for b in range(0, len(images), batch_size)])
 
+@torch.no_grad()
 def tune_blend(model,               # a TwoStage generator (no blend attached), eval mode
                images: torch.Tensor, # N x 3 x S x S validation faces in [-1, 1] (never the test faces)
                families=('thin', 'medium', 'thick', 'freeform', 'center', 'eyeband'),
