@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from .core import composite, stable_hash, strict_from_dict
 
 # %% auto #0
-__all__ = ['GAN_KINDS', 'HOLE_NORMS', 'LossCfg', 'gram', 'hole_loss', 'reconstruction_loss', 'adversarial_d_loss',
-           'adversarial_g_loss', 'relativistic_d_loss', 'relativistic_g_loss']
+__all__ = ['GAN_KINDS', 'HOLE_NORMS', 'LossCfg', 'gram', 'hole_loss', 'target_features', 'reconstruction_loss',
+           'adversarial_d_loss', 'adversarial_g_loss', 'relativistic_d_loss', 'relativistic_g_loss']
 
 # %% ../nbs/10_losses.ipynb #a0ca8b6b
 GAN_KINDS = ('hinge', 'lsgan', 'ns')  # hinge; least squares (Mao et al. 2017); non-saturating (Goodfellow et al. 2014)
@@ -71,11 +71,17 @@ def hole_loss(diff: torch.Tensor,  # B x C x H x W absolute error
     return (per / frac.clamp_min(1e-8)).mul(frac.mean()).mean()
 
 # %% ../nbs/10_losses.ipynb #d2e74314
+@torch.no_grad()
+def target_features(vgg, image: torch.Tensor) -> list:
+    "The VGG feature maps of the ground truth, the target of the perceptual and style terms (no gradient)."
+    return vgg(image)
+
 def reconstruction_loss(pred: torch.Tensor,  # B x 3 x H x W generator output in [-1, 1]
                         image: torch.Tensor, # B x 3 x H x W ground truth in [-1, 1]
                         mask: torch.Tensor,  # B x 1 x H x W, 1 = hole
                         cfg: LossCfg = LossCfg(),
                         vgg=None,            # callable: B x 3 x H x W -> list of feature maps (weights.VGGFeatures)
+                        image_feats=None,    # `vgg(image)` if the caller has it already (a joint step scores two predictions)
                        ) -> tuple[torch.Tensor, dict]:
     "The 'improved loss': weighted L1 (valid, hole) + perceptual + style; returns (total, unweighted terms)."
     terms, total = {}, pred.new_zeros(())
@@ -88,12 +94,13 @@ def reconstruction_loss(pred: torch.Tensor,  # B x 3 x H x W generator output in
                              "pass vgg=twostage.weights.VGGFeatures(), or set perceptual=0 and style=0")
         comp = composite(pred, image, mask)
         fo, fc = zip(*[f.chunk(2) for f in vgg(torch.cat([pred, comp]))])
-        with torch.no_grad(): fi = vgg(image)
+        fi = target_features(vgg, image) if image_feats is None else image_feats
         if cfg.perceptual:
             terms['perceptual'] = sum(F.l1_loss(o, i) + F.l1_loss(c, i) for o, c, i in zip(fo, fc, fi))
             total = total + cfg.perceptual * terms['perceptual']
         if cfg.style:
-            terms['style'] = sum(F.l1_loss(gram(o), gram(i)) + F.l1_loss(gram(c), gram(i)) for o, c, i in zip(fo, fc, fi))
+            with torch.no_grad(): gi = [gram(i) for i in fi]   # the target's, once per layer
+            terms['style'] = sum(F.l1_loss(gram(o), g) + F.l1_loss(gram(c), g) for o, c, g in zip(fo, fc, gi))
             total = total + cfg.style * terms['style']
     return total, terms
 

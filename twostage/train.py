@@ -22,7 +22,7 @@ from .models.twostage import ModelCfg, build_model, build_discriminators
 from .runtime import choose_precision, run_lock, PrecisionChoice, tune_allocator
 from .models.twostage import STAGE2_FIELDS, TRAINING_STAGES
 from .runs import read_checkpoint, check_compatible, load_model, generator_state   # checkpoints are read in one place
-from .losses import (LossCfg, reconstruction_loss, adversarial_g_loss, adversarial_d_loss,
+from .losses import (LossCfg, reconstruction_loss, target_features, adversarial_g_loss, adversarial_d_loss,
                              relativistic_g_loss, relativistic_d_loss)
 
 # %% auto #0
@@ -334,7 +334,9 @@ def train_step(self, image, mask):
     for name in self.d_names: _set_grad(self.discs[name], False)
     self.opt_g.zero_grad(set_to_none=True)
     with self._autocast():
-        rec, rlogs = reconstruction_loss(pred.float(), image, mask, self.lcfg, self.vgg)
+        vgg_terms = self.vgg is not None and (self.lcfg.perceptual or self.lcfg.style)
+        feats = target_features(self.vgg, image) if self.S.coarse_loss and vgg_terms else None   # the face's features, once for both
+        rec, rlogs = reconstruction_loss(pred.float(), image, mask, self.lcfg, self.vgg, image_feats=feats)
         logs.update({f'g_{k}': v for k, v in rlogs.items()})
         adv = 0.
         for name in self.d_names:
@@ -345,7 +347,7 @@ def train_step(self, image, mask):
         adv_w = self.tcfg.adversarial_at(self.stage, self.lcfg) if self.step >= self.tcfg.adv_warmup else 0.
         g_loss = rec + adv_w * adv
         if self.S.coarse_loss:
-            rec1, r1 = reconstruction_loss(out['coarse'].float(), image, mask, self.lcfg, self.vgg)
+            rec1, r1 = reconstruction_loss(out['coarse'].float(), image, mask, self.lcfg, self.vgg, image_feats=feats)
             logs.update({f'g1_{k}': v for k, v in r1.items()}); g_loss = g_loss + rec1
     logs['g_total'] = g_loss; logs['d_total'] = d_loss
     self._check(g_loss, 'generator')
