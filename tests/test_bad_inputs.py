@@ -13,6 +13,7 @@ from twostage.train import tiny_checkpoint
 from twostage.inpaint import read_mask
 from twostage.commands import inpaint_main, eval_main
 from twostage.evaluate import RESULT_COLUMNS
+from twostage.experiments import PROFILES
 
 torch.set_num_threads(1)
 BIN = Path(sys.executable).parent
@@ -212,11 +213,22 @@ def _eval(ws, out, *extra, ck='ck.pt', data=None):
             '--out', out, *extra]
 
 
+UNKNOWN_PROFILE = f"unknown profile 'fast'; valid: {', '.join(PROFILES)}"
+
+
+def test_the_documented_profile_message_is_the_real_one():
+    "nbs/14_inpaint.ipynb quotes the message of an unknown --profile; it names every profile there is."
+    import re
+    doc = (Path(__file__).parents[1] / 'nbs' / '14_inpaint.ipynb').read_text()
+    quoted = re.findall(r"unknown profile 'fast'; valid: [a-z_, ]+", doc)
+    assert len(quoted) == 2 and all(q == UNKNOWN_PROFILE for q in quoted), (quoted, UNKNOWN_PROFILE)
+
+
 def test_eval_user_mistakes(ws, capsys, tmp_path):
     (tmp_path / 'empty').mkdir(); (tmp_path / 'corrupt').mkdir(); (tmp_path / 'junk.pt').write_bytes(b'junk')
     for i in range(24): (tmp_path / 'corrupt' / f'f{i:02d}.jpg').write_bytes(b'\xff\xd8 truncated')
     out = tmp_path / 'res.csv'
-    cases = [(['--checkpoint', ws / 'ck.pt', '--profile', 'fast', '--out', out], "unknown profile 'fast'; valid: smoke"),
+    cases = [(['--checkpoint', ws / 'ck.pt', '--profile', 'fast', '--out', out], UNKNOWN_PROFILE),
              (_eval(ws, out, data=tmp_path / 'nothing'), f"no face images found at {tmp_path / 'nothing'}"),
              (_eval(ws, out, data=tmp_path / 'empty'), f"no images (jpg/jpeg/png/webp/bmp) found in {tmp_path / 'empty'}"),
              (_eval(ws, out, data=tmp_path / 'corrupt'), f"reads from {tmp_path / 'corrupt'} is readable"),

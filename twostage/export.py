@@ -209,7 +209,7 @@ def parity(model: nn.Module,  # the PyTorch generator that was exported
     return float((ref - inp(image, mask)['out'].cpu()).abs().max())
 
 # %% ../nbs/24_export.ipynb #ade83fd6
-def speed_table(configs: dict,           # name -> ModelCfg
+def speed_table(configs: dict,           # name -> ModelCfg (built with freshly initialised weights) or a built generator (e.g. the shipped one)
                 sizes=(128, 256, 512),   # image sides
                 threads: int = 2,        # threads for both PyTorch and onnxruntime
                 n: int = 5,              # timed runs (after one warm-up); the median is reported
@@ -227,10 +227,12 @@ def speed_table(configs: dict,           # name -> ModelCfg
         return statistics.median(ts)
     try:
         with tempfile.TemporaryDirectory() as d:
-            for name, cfg in configs.items():
-                torch.manual_seed(seed); model = build_model(cfg).eval()
+            for name, what in configs.items():
+                if isinstance(what, nn.Module): model, cfg = what.eval(), None   # its own weights (and edge blend, if any)
+                else: torch.manual_seed(seed); model, cfg = build_model(what).eval(), what
+                mult = getattr(model, 'multiple', 1)
                 for s in sizes:
-                    if s % cfg.multiple: raise ValueError(f"{name}: size {s} is not a multiple of {cfg.multiple}")
+                    if s % mult: raise ValueError(f"{name}: size {s} is not a multiple of {mult}")
                     inp = OnnxInpainter(export_onnx(model, Path(d) / f'{name}_{s}.onnx', s, stage=stage, model_cfg=cfg), threads)
                     x, k = probe_pair(s)
                     with torch.no_grad(): t_torch = med(lambda: model(x, k, stage=stage))

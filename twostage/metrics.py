@@ -12,7 +12,8 @@ from .core import to_01, get_device
 from .weights import resolve_backbone, MissingWeights, TORCHVISION_FILES, hub_checkpoint
 
 # %% auto #0
-__all__ = ['SSIM_KW', 'psnr', 'ssim', 'hole_psnr', 'hole_l1', 'PerceptualMetric', 'build_perceptual_metric', 'image_metrics']
+__all__ = ['SSIM_KW', 'psnr', 'ssim', 'hole_psnr', 'hole_l1', 'PerceptualMetric', 'PerceptualReference',
+           'build_perceptual_metric', 'image_metrics']
 
 # %% ../nbs/11_metrics.ipynb #24b19d7e
 SSIM_KW = dict(channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)  # Wang et al. 2004
@@ -99,8 +100,50 @@ class PerceptualMetric:
     def __repr__(self): return f"PerceptualMetric({self.name!r}, source={self.source!r})"
     @torch.no_grad()
     def __call__(self, x, y) -> torch.Tensor:
+        "Distances of `x` to `y`: B x 3 x H x W images in [-1, 1], or a `PerceptualReference` of `y` (its features kept)."
+        if isinstance(y, PerceptualReference):
+            if y.metric is not self: raise ValueError("this reference was made by another perceptual metric")
+            if len(x) != y.n: raise ValueError(f"{len(x)} images scored against a reference of {y.n}")
+            if y.feats is None: y = y.images   # the library's own forward (`reference` could not split it)
+            else: return torch.cat([self._distance(self._features(a), f).flatten().cpu()
+                                    for a, f in zip(x.split(self.batch_size), y.feats)])
         return torch.cat([self.net(a.to(self.device).float(), b.to(self.device).float()).flatten().cpu()
                           for a, b in zip(x.split(self.batch_size), y.split(self.batch_size))])
+
+    @torch.no_grad()
+    def reference(self, y: torch.Tensor) -> 'PerceptualReference':
+        "`y`'s features, computed once, for scoring many candidates against the same images: `metric(x, ref)`."
+        if self._split_ok is None: self._split_ok = self._check_split(y[:2])
+        return PerceptualReference(self, y, [self._features(b) for b in y.split(self.batch_size)] if self._split_ok else None)
+
+    _split_ok = None   # whether features + distance reproduce the library's forward bit for bit (checked once)
+    def _check_split(self, y) -> bool:
+        n = self.net
+        if not (getattr(n, 'lpips', False) and getattr(n, 'spatial', True) is False and all(hasattr(n, a) for a in ('net', 'lins', 'L', 'version'))):
+            return False
+        x = y.flip(-1) * 0.9
+        ok = torch.equal(self._distance(self._features(x), self._features(y)).cpu(), n(x.to(self.device).float(), y.to(self.device).float()).cpu())
+        if not ok: warnings.warn(f"{self.name}: reusing the reference's features does not reproduce the library's distances "
+                                 "exactly here; every score recomputes them", stacklevel=3)
+        return ok
+
+    def _features(self, a):
+        "The trunk's unit-normalised feature maps of `a` (LPIPS's forward, one side of it)."
+        n = self.net; a = a.to(self.device).float()
+        outs = n.net.forward(n.scaling_layer(a) if n.version == '0.1' else a)
+        return [o / (torch.sqrt(torch.sum(o ** 2, dim=1, keepdim=True)) + 1e-10) for o in outs]
+
+    def _distance(self, f0, f1):
+        "LPIPS's distance from both sides' features: the learned 1 x 1 heads on squared differences, averaged, summed over layers."
+        n = self.net
+        res = [n.lins[k]((f0[k] - f1[k]) ** 2).mean([2, 3], keepdim=True) for k in range(n.L)]
+        val = res[0]
+        for r in res[1:]: val += r
+        return val
+
+class PerceptualReference:
+    "Images a `PerceptualMetric` scores candidates against, with their features (None: recomputed at every call)."
+    def __init__(self, metric, images, feats): self.metric, self.images, self.feats, self.n = metric, images, feats, len(images)
 
 def build_perceptual_metric(net: str = 'alex',    # 'alex' (as the paper, inferred) or 'vgg'
                             path=None,            # explicit torchvision AlexNet/VGG16 checkpoint

@@ -164,9 +164,10 @@ def tune_blend(model,               # a TwoStage generator (no blend attached), 
     if not peers: raise ValueError("tune_blend needs at least one peer to compare the candidates with")
     dev = next(model.parameters()).device if device is None else torch.device(device)
     S, rows, per = images.shape[-1], [], []   # per: per-face scores of the irregular families, for the hole-size buckets
+    ref = perceptual.reference(images) if perceptual is not None else None   # the faces' features, once for every candidate
     def score(name, fam, out, img, buckets=None):
         m = {'psnr': psnr(out, img), 'ssim': ssim(out, img)}
-        if perceptual is not None: m[perceptual.name] = perceptual(out, img).numpy()
+        if perceptual is not None: m[perceptual.name] = perceptual(out, ref).numpy()
         rows.extend({'method': name, 'family': fam, 'metric': k, 'value': float(v.mean()), 'n': len(img)} for k, v in m.items())
         if buckets is not None:
             per.append(pd.DataFrame({'method': name, 'face': range(len(img)), 'bucket': buckets, **{k: np.asarray(v) for k, v in m.items()}}))
@@ -235,10 +236,12 @@ def screen_weights(candidates: dict,      # name -> a TwoStage generator in eval
     if not candidates: raise ValueError("screen_weights needs at least one candidate")
     if (withb := [n for n, m in candidates.items() if m.blend is not None]):
         raise ValueError(f"screen_weights scores the networks' own output (and `blend=` on it): set model.blend = None on {withb}")
-    rows = []
+    rows, refs = [], {}
     def score(name, subset, fam, seed, out, img, buckets):
         m = {'psnr': psnr(out, img), 'ssim': ssim(out, img)}
-        if perceptual is not None: m[perceptual.name] = perceptual(out, img).numpy()
+        if perceptual is not None:   # each subset's faces through the metric's trunk once (`PerceptualMetric.reference`)
+            if subset not in refs: refs[subset] = perceptual.reference(img)
+            m[perceptual.name] = perceptual(out, refs[subset]).numpy()
         m = {k: np.asarray(v, np.float64) for k, v in m.items()}
         rows.append(pd.DataFrame({'name': name, 'subset': subset, 'family': fam, 'seed': seed, 'index': range(len(img)), **m}))
         if buckets is not None:
