@@ -146,6 +146,15 @@ def test_mask_of_unclear_range_is_refused(ws, capsys, tmp_path):
     assert not (tmp_path / 'r.png').exists()
 
 
+def test_inverted_mask_is_refused(ws, capsys, tmp_path):
+    p = tmp_path / 'm.png'; Image.fromarray(255 - _hole()).save(p)                # 91.7 % hole: white and black swapped
+    code, err = _run(inpaint_main, ['--checkpoint', ws / 'ck.pt', '--image', ws / 'photo.jpg', '--mask', p,
+                                    '--out', tmp_path / 'r.png', '--device', 'cpu'], capsys)
+    assert code == 2 and err[0].startswith('twostage-inpaint: error: mask is 91.7% hole: it looks inverted'), err
+    assert '--invert-mask yes | auto' in err[0] and 'with --debug' in err[1], err
+    assert not (tmp_path / 'r.png').exists()
+
+
 def test_read_mask_formats():
     h = _hole() > 0
     for m in (h, h.astype(np.uint8), h.astype(np.float32), _hole(), Image.fromarray(_hole()),
@@ -204,6 +213,8 @@ def test_folder_ext_and_subfolder_out(ws, folders, capsys):
     assert {p: b for p, b in after.items() if 'filled' not in p.parts} == before
     code, err = _run(inpaint_main, _one(ws, folders / 'r.png', '--ext', 'jpg'), capsys)   # --ext is for folders
     assert code == 2 and '--ext is for folder mode' in err[-1]
+    code, err = _run(inpaint_main, _folder(ws, folders, folders / 'gif', '--ext', 'gif'), capsys)
+    assert code == 2 and "argument --ext: invalid choice: 'gif'" in err[-1] and not (folders / 'gif').exists(), err
 
 
 # ---------------------------------------------------------------- twostage-eval

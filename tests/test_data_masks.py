@@ -36,7 +36,7 @@ def test_celeba_layout_to_training_batch(tmp_path):
     fd = load_faces(root, size=32, seed=0)
     assert len(fd.df) == 12 and fd.df.eyeglasses.sum() == 3
     assert len(fd.test) == 4 and set(fd.test.partition) == {2}
-    assert len(fd.val) >= 0 and len(fd.train) + len(fd.val) == 8           # val carved from train only
+    assert len(fd.train) + len(fd.val) == 8           # val carved from train only
     assert fd.glasses_test.eyeglasses.all()
     ds = fd.dataset('train', cache=True)
     b = ds.batch(range(min(4, len(ds))))
@@ -80,6 +80,7 @@ def test_images_of_any_size_and_mode_reach_training_size(tmp_path):
                      'p.png': rgb.convert('P'), 'tiny.webp': rgb.resize((5, 7)), 'big.bmp': rgb.resize((300, 200))}.items():
         im.save(tmp_path / name)
     ds = FaceDataset(index_faces(tmp_path), size=24)
+    assert len(ds) == 6                            # every mode and size indexed
     for i in range(len(ds)):
         x = ds[i]['image']
         assert x.shape == (3, 24, 24) and x.min() >= -1 and x.max() <= 1

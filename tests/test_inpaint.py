@@ -40,7 +40,7 @@ def test_round_trip_non_square_large(model):
     assert np.array_equal(a[~mh], b[~mh])           # every known pixel byte-exact
     assert (a[mh] != b[mh]).mean() > 0.5            # the hole was replaced
     assert info['box'] == (66, 0, 267, 201) and info['size'] == 32 and info['ran']
-    # also through PNG on disk
+    # the model's input of that photo: the centre square at the model's size, in [-1, 1]
     x, _ = prepare(photo, 32); assert x.shape == (1, 3, 32, 32) and x.min() >= -1 and x.max() <= 1
 
 def test_tall_photo_and_stage_coarse(model):

@@ -1,5 +1,6 @@
 "Runs are never silently reused or mixed: data in the run identity, one trainer per folder, resume past a damaged last.pt, the precision recorded."
 import json, subprocess, sys, os
+from unittest import mock
 from dataclasses import replace
 from pathlib import Path
 
@@ -110,3 +111,21 @@ def test_every_config_loader_is_strict(cls_path):
     with pytest.raises(ValueError, match=r"unknown .*'typo_field'.*valid:"):
         cls.from_dict({'typo_field': 1})
     assert cls.from_dict(cls().to_dict()) == cls()
+
+
+@pytest.mark.parametrize('argv, says', [
+    (['--experiment', 'full', '--profile', 'fast'], "unknown profile 'fast'; valid: smoke, cpu, gpu, release, release_gpu"),
+    (['--experiment', 'ful', '--profile', 'smoke'], "unknown experiment 'ful'; valid: t6_row1, "),
+    (['--experiment', 'full', '--profile', 'smoke', '--data', 'NOFACES'], 'no face images found at '),
+    (['--experiment', 'full', '--profile', 'smoke', '--device', 'cuda'],
+     '--device cuda: this machine has no CUDA GPU (torch.cuda.is_available() is False); use --device cpu'),
+])
+def test_train_user_mistakes(tmp_path, capsys, argv, says):
+    "The twostage-train rows of the bad-input table in nbs/14_inpaint.ipynb: one line (and the --debug hint), exit status 2."
+    argv = [str(tmp_path / a) if a == 'NOFACES' else a for a in argv]
+    with mock.patch('torch.cuda.is_available', lambda: False):
+        code, _, err = _run([*argv, '--out', str(tmp_path / 'R')], capsys)
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert code == 2 and 'Traceback' not in err, err
+    assert lines[0].startswith('twostage-train: error: ') and says in lines[0], lines
+    assert not list((tmp_path / 'R').rglob('*.pt'))   # nothing trained
