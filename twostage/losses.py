@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from .core import composite, stable_hash, strict_from_dict
 
 # %% auto #0
-__all__ = ['GAN_KINDS', 'HOLE_NORMS', 'LossCfg', 'gram', 'hole_loss', 'target_features', 'reconstruction_loss',
+__all__ = ['GAN_KINDS', 'HOLE_NORMS', 'VGG_ON', 'LossCfg', 'gram', 'hole_loss', 'target_features', 'reconstruction_loss',
            'adversarial_d_loss', 'adversarial_g_loss', 'relativistic_d_loss', 'relativistic_g_loss']
 
 # %% ../nbs/10_losses.ipynb #a0ca8b6b
 GAN_KINDS = ('hinge', 'lsgan', 'ns')  # hinge; least squares (Mao et al. 2017); non-saturating (Goodfellow et al. 2014)
-HOLE_NORMS = ('pixels', 'image')      # how the hole L1 weighs the images of a batch (see `hole_loss`)
+HOLE_NORMS = ('pixels', 'image')
+VGG_ON = ('both', 'composite')        # what the perceptual and style terms see (see `reconstruction_loss`)      # how the hole L1 weighs the images of a batch (see `hole_loss`)
 
 def _check_kind(kind):
     if kind not in GAN_KINDS: raise ValueError(f"unknown GAN loss {kind!r}; valid: {list(GAN_KINDS)}")
@@ -31,20 +32,22 @@ class LossCfg:
     gan: str = 'hinge'         # one of GAN_KINDS
     vgg_layers: tuple = ('pool1', 'pool2', 'pool3')  # VGG16 layers of the perceptual and style terms (PConv's)
     hole_norm: str = 'pixels'  # 'pixels' (PConv's: a mean over all pixels, so a big hole outweighs a thin stroke) | 'image': each image's hole L1 per hole pixel, the batch's total weight kept
+    vgg_on: str = 'both'       # 'both' (PConv's: the VGG terms on the prediction and on the composite) | 'composite': on the composite alone, counted twice (not the paper's; a cheaper CPU step)
 
     def __post_init__(self):
         _check_kind(self.gan)
         if self.hole_norm not in HOLE_NORMS: raise ValueError(f"LossCfg.hole_norm: unknown {self.hole_norm!r}; valid: {list(HOLE_NORMS)}")
+        if self.vgg_on not in VGG_ON: raise ValueError(f"LossCfg.vgg_on: unknown {self.vgg_on!r}; valid: {list(VGG_ON)}")
         object.__setattr__(self, 'vgg_layers', (self.vgg_layers,) if isinstance(self.vgg_layers, str) else tuple(self.vgg_layers))
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name not in ('gan', 'vgg_layers', 'hole_norm') and not (isinstance(v, (int, float)) and v >= 0):
+            if f.name not in ('gan', 'vgg_layers', 'hole_norm', 'vgg_on') and not (isinstance(v, (int, float)) and v >= 0):
                 raise ValueError(f"LossCfg.{f.name} must be a number >= 0, got {v!r}")
 
     def to_dict(self) -> dict:
-        "The fields as plain values; `hole_norm` only when it is not PConv's, so the keys of earlier runs stay valid."
+        "The fields as plain values; `hole_norm` and `vgg_on` only when they are not PConv's, so the keys of earlier runs stay valid."
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
-                if not (k == 'hole_norm' and v == 'pixels')}
+                if not (k == 'hole_norm' and v == 'pixels') and not (k == 'vgg_on' and v == 'both')}
     @classmethod
     def from_dict(cls, d: dict) -> 'LossCfg':
         "Build from a dict (`core.strict_from_dict`): unknown keys raise naming the valid ones, missing keys take the defaults."
@@ -93,7 +96,8 @@ def reconstruction_loss(pred: torch.Tensor,  # B x 3 x H x W generator output in
             raise ValueError(f"LossCfg(perceptual={cfg.perceptual}, style={cfg.style}) needs a VGG feature extractor: "
                              "pass vgg=twostage.weights.VGGFeatures(), or set perceptual=0 and style=0")
         comp = composite(pred, image, mask)
-        fo, fc = zip(*[f.chunk(2) for f in vgg(torch.cat([pred, comp]))])
+        if cfg.vgg_on == 'both': fo, fc = zip(*[f.chunk(2) for f in vgg(torch.cat([pred, comp]))])
+        else: fo = fc = vgg(comp)   # 'composite': the composite's terms stand for both, so they count twice
         fi = target_features(vgg, image) if image_feats is None else image_feats
         if cfg.perceptual:
             terms['perceptual'] = sum(F.l1_loss(o, i) + F.l1_loss(c, i) for o, c, i in zip(fo, fc, fi))
