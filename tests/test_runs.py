@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from twostage.experiments import main as train_main, get_profile, stage_keys, data_id, keep_min_side, EXPERIMENTS
+from twostage.experiments import main as train_main, get_profile, stage_keys, data_id, keep_min_side, EXPERIMENTS, PROFILES
 from twostage.models.twostage import TINY_CFG
 from twostage.train import TrainCfg
 
@@ -114,7 +114,7 @@ def test_every_config_loader_is_strict(cls_path):
 
 
 @pytest.mark.parametrize('argv, says', [
-    (['--experiment', 'full', '--profile', 'fast'], "unknown profile 'fast'; valid: smoke, cpu, gpu, release, release_gpu"),
+    (['--experiment', 'full', '--profile', 'fast'], f"unknown profile 'fast'; valid: {', '.join(PROFILES)}"),
     (['--experiment', 'ful', '--profile', 'smoke'], "unknown experiment 'ful'; valid: t6_row1, "),
     (['--experiment', 'full', '--profile', 'smoke', '--data', 'NOFACES'], 'no face images found at '),
     (['--experiment', 'full', '--profile', 'smoke', '--device', 'cuda'],

@@ -228,7 +228,7 @@ def speed_table(configs: dict,           # name -> ModelCfg (built with freshly 
     try:
         with tempfile.TemporaryDirectory() as d:
             for name, what in configs.items():
-                if isinstance(what, nn.Module): model, cfg = what.eval(), None   # its own weights (and edge blend, if any)
+                if isinstance(what, nn.Module): model, cfg = what.eval(), None   # its own weights (and edge blend, if any); left in eval mode
                 else: torch.manual_seed(seed); model, cfg = build_model(what).eval(), what
                 mult = getattr(model, 'multiple', 1)
                 for s in sizes:

@@ -15,8 +15,8 @@ __all__ = ['GAN_KINDS', 'HOLE_NORMS', 'VGG_ON', 'LossCfg', 'gram', 'hole_loss', 
 
 # %% ../nbs/10_losses.ipynb #a0ca8b6b
 GAN_KINDS = ('hinge', 'lsgan', 'ns')  # hinge; least squares (Mao et al. 2017); non-saturating (Goodfellow et al. 2014)
-HOLE_NORMS = ('pixels', 'image')
-VGG_ON = ('both', 'composite')        # what the perceptual and style terms see (see `reconstruction_loss`)      # how the hole L1 weighs the images of a batch (see `hole_loss`)
+HOLE_NORMS = ('pixels', 'image')      # how the hole L1 weighs the images of a batch (see `hole_loss`)
+VGG_ON = ('both', 'composite')        # what the perceptual and style terms see (see `reconstruction_loss`)
 
 def _check_kind(kind):
     if kind not in GAN_KINDS: raise ValueError(f"unknown GAN loss {kind!r}; valid: {list(GAN_KINDS)}")
