@@ -4,6 +4,7 @@
 #   make seeds       after make reproduce: stage 2 of rows 9, 7 and 8 with two more seeds each (Table 6's training-noise floor)
 #   make stage2      after make reproduce: the stage-2 study (does stage 2 refine its stage 1, and what does it take?)
 #   make release     retrain the shipped 128 px model from scratch (release profile), evaluate it, rewrite twostage/assets/
+#   make release-cpu the whole release recipe on a CPU in one job, sized for 150 min on a 2-core AVX2 CPU (release_cpu profile: train, fine-tune, evaluate)
 #   make release-eval  evaluate the shipped weights again without training (no GPU): figures/release rebuilt, the edge blend re-chosen, their record rewritten
 #   make release-finetune  train the shipped weights further (RELEASE_FINETUNE), write them, then evaluate them as release-eval does
 #   make release-gpu-pack   write runs/gpu_pack/ (faces, a small VGG trunk, stlpips_pytorch, the peers scored) for a GPU machine without them
@@ -23,7 +24,7 @@ PRECISION ?= auto
 PORT ?= 8866
 STAMP := $(VENV)/.installed
 
-.PHONY: install reproduce seeds stage2 release release-eval release-finetune release-gpu-pack release-gpu test check readme export clean-nbs smoke
+.PHONY: install reproduce seeds stage2 release release-cpu release-eval release-finetune release-gpu-pack release-gpu test check readme export clean-nbs smoke
 install: $(STAMP)
 
 $(STAMP): settings.ini setup.py
@@ -49,6 +50,11 @@ stage2: install
 
 release: install
 	$(BIN)/twostage-reproduce --profile release --precision $(PRECISION)
+
+# The all-CPU release in one job (nbs/15_experiments.ipynb, the release_cpu profile): the release model with the VGG terms
+# on the composite alone, 3,000 + 1,000 steps, then the fine-tune (800 joint steps), then the evaluation; writes twostage/assets/.
+release-cpu: install
+	$(BIN)/twostage-reproduce --profile release_cpu --finetune --precision $(PRECISION)
 
 # The shipped weights evaluated on the protocol of the profile that made them, nothing trained (nbs/17_reproduce.ipynb,
 # "The shipped weights without their run"); the weights stay as they are, their record gets this run's blend and scores.

@@ -44,7 +44,6 @@ def face():
 @pytest.mark.parametrize('name,cfg', [('release', RELEASE_CFG), ('pullpush', PULLPUSH_CFG), ('harmonic', HARMONIC_CFG), ('tiny', TINY_CFG)])
 def test_export_parity_on_a_real_face(name, cfg, face, tmp_path):
     m = seeded_model(cfg)
-    with torch.no_grad(): assert m.fine.head.weight.abs().sum() > 0
     p = export_onnx(m, tmp_path / f'{name}.onnx', 128, model_cfg=cfg)
     inp = load_onnx(p, threads=1)
     assert inp.model_cfg == cfg and inp.size == 128 and inp.stage == 'both'

@@ -110,3 +110,21 @@ def test_replication_is_rebuilt_from_the_two_runs(tmp_path):
     for f, title in (('table6_claims.csv', 'Table 6'), ('stage1_claims.csv', 'Stage 1')):
         line = replication_summary(replication(pd.read_csv(ROOT / 'figures' / f), pd.read_csv(rerun / f)))
         assert f'{title}: {line}' in readme, line
+
+
+@pytest.mark.parametrize('folder', ['release_cpu', 'release_cpu_finetune', 'release_cpu_onejob'])
+def test_readme_cpu_routes_quote_their_committed_runs(folder):
+    "The model card's all-CPU rows quote their runs' committed results: pooled scores, sha256, verdict counts (figures/<folder>/)."
+    import json
+    d = ROOT / 'figures' / folder
+    r = pd.read_csv(d / 'results_release.csv')
+    r = r[(r.experiment == 't6_row9_blend') & (r.bucket == 'all')]
+    pooled = r.groupby(['subset', 'metric']).value.mean()   # the families hold the same faces: the mean of their means
+    fmt = lambda s: f"{pooled[s, 'psnr']:.2f} / {pooled[s, 'ssim']:.3f} / {pooled[s, 'stlpips_alex']:.3f}"
+    sec = _section((ROOT / 'README.md').read_text(), '## The shipped model')
+    assert f"pooled {fmt('all')} on all 400 test faces" in sec, (folder, fmt('all'))
+    assert f"{fmt('eyeglasses')} with eyeglasses" in sec, (folder, fmt('eyeglasses'))
+    card = json.loads(next(d.glob('*card.json')).read_text())
+    assert f"sha256 `{card['sha256'][:16]}...`" in sec, folder
+    counts = re.search(r'all faces: ahead (\d+), not resolved (\d+)', (d / 'margins.md').read_text())
+    if folder != 'release_cpu': assert f"all faces {counts[1]} ahead, {counts[2]} not resolved" in sec, (folder, counts.groups())

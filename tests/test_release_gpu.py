@@ -146,3 +146,16 @@ def test_shipped_evaluation_refuses_what_it_cannot_do(tmp_path, capsys):
     assert e.value.code == 2 and "twostage-reproduce: error: finetune trains the release model further" in capsys.readouterr().err
     with pytest.raises(UserError, match='made by profile'):
         reproduce(other, runs=tmp_path, figures=tmp_path / 'f', shipped=True, finetune=RELEASE_FINETUNE)
+
+
+@pytest.mark.parametrize('profile,steps', [('release_cpu', 800), ('release_gpu', 1200), ('release', 1200)])
+def test_the_one_job_command_fine_tunes_with_the_profile_recipe(profile, steps, monkeypatch):
+    "`twostage-reproduce --profile P --finetune` hands `reproduce` the profile's own fine-tune (release_cpu: 800 joint steps)."
+    import twostage.reproduce as R
+    seen = {}
+    monkeypatch.setattr(R, 'reproduce', lambda *a, **k: seen.update(k, profile=a[0]))
+    R.main(['--profile', profile, '--finetune'])
+    assert seen['profile'] == profile and seen['finetune'] == R.profile_finetune(profile) and seen['finetune'].steps == steps
+    assert seen['release_to'] == ''   # a release profile writes the shipped weights
+    seen.clear(); R.main(['--profile', profile])
+    assert seen['finetune'] is None

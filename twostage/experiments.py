@@ -186,6 +186,7 @@ class Profile:
     step_cap: int = 0               # at most this many steps per stage, whatever a row asks (0: no cap; `smoke` tests mechanics)
     loss_fields: tuple = ()         # (name, value) pairs of LossCfg fields this profile sets for every row, its loss recipe (no row may ablate them)
     blend_val: int = 128            # a release profile: validation faces per mask family on which it chooses its edge blend
+    finetune: tuple = ()            # a release profile: (name, value) pairs over `twostage.reproduce.RELEASE_FINETUNE`, its fine-tune's recipe
 
     def model_cfg(self, exp: Experiment) -> ModelCfg:
         "The experiment's module switches at this profile's sizes (and recipe fields)."
@@ -246,7 +247,13 @@ PROFILES = {
 PROFILES['release_gpu'] = replace(PROFILES['release'], name='release_gpu',
                                   train=replace(PROFILES['release'].train, batch_size=32, steps_coarse=1500, steps_fine=1000,
                                                 adv_warmup=250, num_workers=8, log_every=50))
-RELEASE_PROFILES = ('release', 'release_gpu')   # profiles that train the full model only and write the shipped weights
+# the whole release recipe on a CPU in one job (`make release-cpu`), sized to fit 150 minutes on the 2-core `AVX2` reference
+# CPU: the release model with the VGG terms on the composite alone (`vgg_on='composite'`: a fifth less per step, not the
+# paper's), 3,000 stage-1 + 1,000 stage-2 steps, then a fine-tune of 800 joint steps (the shipped weights' recipe, shorter)
+PROFILES['release_cpu'] = replace(PROFILES['release'], name='release_cpu',
+                                  train=replace(PROFILES['release'].train, steps_fine=1000),
+                                  loss_fields=RELEASE_LOSS + (('vgg_on', 'composite'),), finetune=(('steps', 800),))
+RELEASE_PROFILES = ('release', 'release_gpu', 'release_cpu')   # profiles that train the full model only and write the shipped weights
 
 def get_profile(name: str) -> Profile:
     "A profile by name; the error lists the valid names."

@@ -28,9 +28,9 @@ from .models.blend import EdgeBlend
 T6_LABELS = {i: m for i, (m, _) in TABLE6_ROWS.items()}   # Table 6 row -> its module set, for tables and figures
 
 # %% auto #0
-__all__ = ['T6_LABELS', 'RELEASE_FINETUNE', 'GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM_PEERS', 'GPU_COMMAND', 'Finetune', 'score_peers',
-           'reproduce', 'write_uncertainty', 'write_stage2_study', 'write_glasses_claim', 'release_card',
-           'finetune_shipped', 'main', 'pack_for_gpu']
+__all__ = ['T6_LABELS', 'RELEASE_FINETUNE', 'GLASSES_CLAIM_ROWS', 'GLASSES_CLAIM_PEERS', 'GPU_COMMAND', 'Finetune',
+           'profile_finetune', 'score_peers', 'reproduce', 'write_uncertainty', 'write_stage2_study',
+           'write_glasses_claim', 'release_card', 'finetune_shipped', 'main', 'pack_for_gpu']
 
 # %% ../nbs/17_reproduce.ipynb #5c7d71ef
 # the release's fine-tune recipe, defined before `reproduce` (which takes one); what it does: "Training the shipped weights further" below
@@ -52,6 +52,11 @@ class Finetune:
         return drop_later_defaults(asdict(self), self._LATER)
 
 RELEASE_FINETUNE = Finetune()   # the recipe of the shipped weights' fine-tune (`make release-finetune`, `finetune_shipped`)
+
+def profile_finetune(profile: str | Profile) -> Finetune:
+    "The fine-tune of a release profile: `RELEASE_FINETUNE` with the profile's own changes (`Profile.finetune`)."
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    return replace(RELEASE_FINETUNE, **dict(prof.finetune))
 
 # %% ../nbs/17_reproduce.ipynb #3b1761fe
 def _protocol(profile: Profile, size: int) -> dict:
@@ -635,7 +640,7 @@ def main(argv=None):
     "Console entry point: `twostage-reproduce`."
     import argparse
     p = argparse.ArgumentParser(prog='twostage-reproduce', description='Train, evaluate and rebuild every table and figure.')
-    p.add_argument('--profile', help=' | '.join(PROFILES) + " (release, release_gpu: the shipped model, written into the package's assets); "
+    p.add_argument('--profile', help=' | '.join(PROFILES) + " (release, release_gpu, release_cpu: the shipped model, written into the package's assets); "
                    "default cpu, or with --shipped the profile that made the shipped weights")
     p.add_argument('--data'); p.add_argument('--runs'); p.add_argument('--figures'); p.add_argument('--device')
     p.add_argument('--experiments', help='comma-separated experiment names (default: all)')
@@ -660,7 +665,7 @@ def main(argv=None):
     reproduce(a.profile, a.data, a.runs, a.figures, a.device, exps,
               peers=not a.no_peers, make_figures=not a.no_figures, precision=a.precision, release_to='' if rel else None,
               seeds=a.seeds, stage2=a.stage2, shipped=a.shipped,
-              finetune=RELEASE_FINETUNE if a.finetune else None)
+              finetune=profile_finetune(a.profile) if a.finetune else None)
 
 # %% ../nbs/17_reproduce.ipynb #64de20c9
 GPU_COMMAND = ('PYTHONPATH=.:{pack}/site TWOSTAGE_WEIGHTS={pack}/weights python3 -c "from twostage.reproduce import main; main()" '

@@ -252,7 +252,7 @@ def write_tables(results: pd.DataFrame, out_dir, profile: str = '',
         md = ('# The full model against the best classical peer, per mask family\n\n' + note + ' Margins: positive = the model '
               'is better (for the perceptual distance, lower is better).\n\n' + verdict_summary(v) + '\n\n' + _md(v[cols]))
         written['verdicts_md'] = atomic_write(out / 'verdicts.md', lambda f: Path(f).write_text(md))
-        name = 'twostage (release' if profile.startswith('release') else 'twostage (full'   # the release profiles: release, release_gpu
+        name = 'twostage (release' if profile.startswith('release') else 'twostage (full'   # the release profiles: release, release_gpu, release_cpu
         label = name + (' + edge blend)' if full != 't6_row9' else ')')
         also = {'t6_row9': name + ', network alone, no blend)'} if full != 't6_row9' else None
         grid = ''.join(f"\n## {subset} test faces\n\n" + family_grid_md(results, subset, full, label=label, also=also)
