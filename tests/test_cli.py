@@ -107,6 +107,19 @@ def test_bench_recipe_command(faces_dir, tmp_path, capsys):
     with pytest.raises(SystemExit): main(['recipe', '--variants', 'warp_speed'])
 
 
+def test_bench_steps_command(tmp_path, capsys, monkeypatch):
+    from twostage.bench import main
+    out = tmp_path / 'steps.csv'
+    monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX2')   # a run whose kernels were held below the CPU's level says so in its CSV
+    monkeypatch.delenv('ATEN_CPU_CAPABILITY', raising=False)
+    main(['steps', '--profiles', 'smoke', '--n', '1', '--warmup', '0', '--timing-vgg', '--device', 'cpu', '--csv', str(out)])
+    df = pd.read_csv(out)
+    assert df[['phase', 'steps', 'batch']].values.tolist() == [['stage 1', 2, 2], ['stage 2', 2, 2]]
+    assert (df.sec_per_step > 0).all() and df.kernel_limits.tolist() == ['ONEDNN_MAX_CPU_ISA=AVX2'] * 2
+    assert 'smoke        training steps:' in capsys.readouterr().out
+    with pytest.raises(SystemExit): main(['steps', '--profiles', 'warp_speed'])
+
+
 # ---------------------------------------------------------------- twostage.cli.guard
 
 def _toy():

@@ -117,7 +117,7 @@ def test_readme_cpu_routes_quote_their_committed_runs(folder):
     "The model card's all-CPU rows quote their runs' committed results: pooled scores, sha256, verdict counts (figures/<folder>/)."
     import json
     d = ROOT / 'figures' / folder
-    r = pd.read_csv(d / 'results_release.csv')
+    r = pd.read_csv(next(d.glob('results_release*.csv')))   # results_<profile>.csv
     r = r[(r.experiment == 't6_row9_blend') & (r.bucket == 'all')]
     pooled = r.groupby(['subset', 'metric']).value.mean()   # the families hold the same faces: the mean of their means
     fmt = lambda s: f"{pooled[s, 'psnr']:.2f} / {pooled[s, 'ssim']:.3f} / {pooled[s, 'stlpips_alex']:.3f}"
@@ -126,5 +126,6 @@ def test_readme_cpu_routes_quote_their_committed_runs(folder):
     assert f"{fmt('eyeglasses')} with eyeglasses" in sec, (folder, fmt('eyeglasses'))
     card = json.loads(next(d.glob('*card.json')).read_text())
     assert f"sha256 `{card['sha256'][:16]}...`" in sec, folder
+    if folder == 'release_cpu_onejob': assert card['card']['profile'] == 'release_cpu'   # run by `make release-cpu`'s own profile
     counts = re.search(r'all faces: ahead (\d+), not resolved (\d+)', (d / 'margins.md').read_text())
     if folder != 'release_cpu': assert f"all faces {counts[1]} ahead, {counts[2]} not resolved" in sec, (folder, counts.groups())
