@@ -135,7 +135,9 @@ def profile_table(profiles=('release', 'release_cpu'), # profile names or `twost
                              sec_per_step=sec, minutes=steps * sec / 60, device=str(get_device(device)), threads=torch.get_num_threads()))
             if out: print(f"{P.name:12s} {phase:9s} {t.size:4d}px batch {batch:3d} {variant:18s}: {sec:7.3f} s/step x {steps:5d} steps "
                           f"= {rows[-1]['minutes']:6.1f} min", file=out, flush=True)
-        if out: print(f"{P.name:12s} training steps: {sum(r['minutes'] for r in rows if r['profile'] == P.name):.1f} min on this machine "
+        mine = [r for r in rows if r['profile'] == P.name]; total = sum(r['minutes'] for r in mine)
+        ft_note = f"; without the fine-tune (no --finetune): {total - mine[-1]['minutes']:.1f} min" if mine[-1]['stage'] == 'joint' else ''
+        if out: print(f"{P.name:12s} training steps: {total:.1f} min on this machine{ft_note} "
                       "(validation, checkpoints and the evaluation not counted)", file=out, flush=True)
     return rows
 
