@@ -129,14 +129,15 @@ def profile_table(profiles=('release', 'release_cpu'), # profile names or `twost
         if P.name in RELEASE_PROFILES or P.finetune:
             ft = profile_finetune(P); phases.append(('fine-tune', 'joint', ft.batch_size, ft.steps))
         vgg = _TimingVGG(tuple(l.vgg_layers)) if timing_vgg and (l.perceptual > 0 or l.style > 0) else None
+        mins = []
         for phase, stage, batch, steps in phases:
-            sec = train_step_time(m, l, t.size, batch, stage, pr, cl, n, warmup, vgg, comp, device)
+            sec = train_step_time(m, l, t.size, batch, stage, pr, cl, n, warmup, vgg, comp, device); mins.append(steps * sec / 60)
             rows.append(dict(profile=P.name, phase=phase, stage=stage, size=t.size, batch=batch, steps=steps, variant=variant,
-                             sec_per_step=sec, minutes=steps * sec / 60, device=str(get_device(device)), threads=torch.get_num_threads()))
+                             sec_per_step=sec, minutes=mins[-1], device=str(get_device(device)), threads=torch.get_num_threads()))
             if out: print(f"{P.name:12s} {phase:9s} {t.size:4d}px batch {batch:3d} {variant:18s}: {sec:7.3f} s/step x {steps:5d} steps "
-                          f"= {rows[-1]['minutes']:6.1f} min", file=out, flush=True)
-        mine = [r for r in rows if r['profile'] == P.name]; total = sum(r['minutes'] for r in mine)
-        ft_note = f"; without the fine-tune (no --finetune): {total - mine[-1]['minutes']:.1f} min" if mine[-1]['stage'] == 'joint' else ''
+                          f"= {mins[-1]:6.1f} min", file=out, flush=True)
+        total = sum(mins)
+        ft_note = f"; without the fine-tune (no --finetune): {sum(mins[:2]):.1f} min" if len(mins) == 3 else ''
         if out: print(f"{P.name:12s} training steps: {total:.1f} min on this machine{ft_note} "
                       "(validation, checkpoints and the evaluation not counted)", file=out, flush=True)
     return rows

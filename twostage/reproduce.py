@@ -640,7 +640,7 @@ def main(argv=None):
     "Console entry point: `twostage-reproduce`."
     import argparse
     p = argparse.ArgumentParser(prog='twostage-reproduce', description='Train, evaluate and rebuild every table and figure.')
-    p.add_argument('--profile', help=' | '.join(PROFILES) + " (release, release_gpu, release_cpu: the shipped model, written into the package's assets); "
+    p.add_argument('--profile', help=' | '.join(PROFILES) + f" ({', '.join(RELEASE_PROFILES)}: the shipped model, written into the package's assets); "
                    "default cpu, or with --shipped the profile that made the shipped weights")
     p.add_argument('--data'); p.add_argument('--runs'); p.add_argument('--figures'); p.add_argument('--device')
     p.add_argument('--experiments', help='comma-separated experiment names (default: all)')
