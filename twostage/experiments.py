@@ -187,6 +187,7 @@ class Profile:
     loss_fields: tuple = ()         # (name, value) pairs of LossCfg fields this profile sets for every row, its loss recipe (no row may ablate them)
     blend_val: int = 128            # a release profile: validation faces per mask family on which it chooses its edge blend
     finetune: tuple = ()            # a release profile: (name, value) pairs over `twostage.reproduce.RELEASE_FINETUNE`, its fine-tune's recipe
+    budget: tuple = ()              # (minutes, of what where): the time this profile is sized for; the time estimate says when a run will take longer
 
     def model_cfg(self, exp: Experiment) -> ModelCfg:
         "The experiment's module switches at this profile's sizes (and recipe fields)."
@@ -228,7 +229,7 @@ PROFILES = {
                    lr_schedule='cosine', precision='auto', channels_last=True, sample_every=1000, ckpt_every=250,
                    val_every=250, log_every=10), stage1_steps=500, n_test=120, n_glasses=50,
                    families=('thin', 'medium', 'thick', 'freeform', 'center', 'eyeband'), vgg_layers=('pool1',),
-                   recipe_fields=('coarse_norm', 'fine_residual')),
+                   recipe_fields=('coarse_norm', 'fine_residual'), budget=(90, 'the whole main job on a 2-core AVX2 CPU, fp32')),
     'gpu': Profile('gpu', PAPER_CFG, TrainCfg(size=256, batch_size=8, steps_coarse=100_000, steps_fine=100_000,
                    precision='auto', channels_last=True, num_workers=8, sample_every=2000, ckpt_every=2000,
                    val_every=2000, log_every=50), n_test=2000, n_glasses=500, eval_batch=32, follow_partition=True),
@@ -238,7 +239,7 @@ PROFILES = {
                        lr_schedule='cosine', precision='auto', channels_last=True, sample_every=500, ckpt_every=250,
                        val_every=250, log_every=10, adv_warmup=500), n_test=400, n_glasses=100,
                        vgg_layers=('pool1',), recipe_fields=('coarse_norm', 'fine_residual', 'coarse_prefill'), min_side=128,
-                       loss_fields=RELEASE_LOSS),
+                       loss_fields=RELEASE_LOSS, budget=(150, 'training on a 2-core AVX2 CPU, fp32')),
 }
 # the release model's GPU path (`make release-gpu`, nbs/17_reproduce.ipynb): the same model, faces, split, loss and protocol,
 # as many training images as the CPU run's 3,000 + 2,000 steps at batch 8, twice over, in a quarter of its steps: batch 32,
@@ -246,7 +247,8 @@ PROFILES = {
 # costs little time and fewer steps save most of it: on one H200, 0.116 s per batch-32 step, 5.4 min of training (measured).
 PROFILES['release_gpu'] = replace(PROFILES['release'], name='release_gpu',
                                   train=replace(PROFILES['release'].train, batch_size=32, steps_coarse=1500, steps_fine=1000,
-                                                adv_warmup=250, num_workers=8, log_every=50))
+                                                adv_warmup=250, num_workers=8, log_every=50),
+                                  budget=(10, 'training on one GPU'))
 # the whole release recipe on a CPU in one job (`make release-cpu`), sized to fit 150 minutes on the 2-core `AVX2` reference
 # CPU: the release model with the VGG terms on the composite alone (`vgg_on='composite'`: a fifth less per step, not the
 # paper's), 3,000 stage-1 + 1,000 stage-2 steps, then a fine-tune of 800 joint steps (the shipped weights' recipe, shorter)

@@ -231,7 +231,7 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
     log(f"[plan] {len(exps)} experiments, {sum(1 for v in plans.values() if v)} stage runs to train, "
         f"{sum(plans.values())} steps in all; {machine['device']} ({machine['cpu_capability']}, {machine['threads']} threads), "
         f"precision {machine['precision']['precision']}{' + channels_last' if machine['precision']['channels_last'] else ''}")
-    eta = EtaMeter(sum(plans.values()), log=log)
+    eta = EtaMeter(sum(plans.values()), log=log, budget=prof.budget)
     res_dir = out_root / 'results'; results, timing, ckpts, per_paths, written, blend = [], [], {}, {}, {}, None
     for i, exp in enumerate(exps):
         t1 = time.time()
@@ -574,7 +574,7 @@ def _train_release(prof: Profile, ft: Finetune, data, runs, device, release_to, 
     w = 2 * ft.batch_size / prof.train.batch_size
     log(f"[release] training row 9 ({left} steps), then the fine-tune ({ft.steps} joint steps, each counted as {w:g} stage-1 steps "
         "in the time estimate), then the evaluation of the result")
-    eta = EtaMeter(left + round(w * ft.steps), log=log)
+    eta = EtaMeter(left + round(w * ft.steps), log=log, budget=prof.budget)
     ck = train_experiment(exp, prof, data=data, runs=runs, device=device, faces=faces, progress=progress, on_step=eta.update)
     rec = export_release(ck['fine'], RELEASE_NAME, release_to or None, card=_training_facts(prof, ck, faces))
     log(f"[release] {rec['file']} (sha256 {rec['sha256'][:16]}...) written from {ck['fine']}, to be fine-tuned")

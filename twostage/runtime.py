@@ -196,8 +196,11 @@ def tune_allocator() -> bool:
 class EtaMeter:
     "Counts training steps of a job and prints the estimated time left after `first` seconds, then every `every` seconds."
     def __init__(self, total_steps: int,   # steps the job still has to train
-                 log=print, first: float = 60., every: float = 600., clock=time.monotonic):
+                 log=print, first: float = 60., every: float = 600., clock=time.monotonic,
+                 budget: tuple = (),      # (minutes, of what where), e.g. a profile's `budget`: said when the estimate exceeds it
+                ):
         self.total, self.log, self.first, self.every, self.clock = max(int(total_steps), 0), log, first, every, clock
+        self.budget = tuple(budget)
         self.done, self.t0, self.next = 0, clock(), first   # the clock starts now: the rate includes everything the job does
         self.reports = []
     def update(self, n: int = 1):
@@ -209,6 +212,8 @@ class EtaMeter:
             rate = el / self.done; left = rate * max(self.total - self.done, 0)
             msg = (f"[eta] {self.done:.0f}/{self.total} steps in {el / 60:.1f} min ({rate:.2f} s/step): "
                    f"about {left / 60:.0f} min of training left, estimated total {(el + left) / 60:.0f} min (+ the final evaluation)")
+            if self.budget and (el + left) / 60 > self.budget[0]:   # this machine is slower than the one the job is sized for
+                msg += f"; more than the {self.budget[0]:g} min this job is sized for ({self.budget[1]})"
             self.reports.append(left)
             if self.log: self.log(msg)
             self.next = el + self.every
