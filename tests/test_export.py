@@ -141,6 +141,9 @@ def test_cli_release_overwrite_and_checkpoint(tmp_path, capsys):
     assert main(['--onnx', str(tmp_path / 'c.onnx'), '--checkpoint', str(ck), '--size', '64', '--stage', 'coarse']) == 0
     inp = load_onnx(tmp_path / 'c.onnx')
     assert (inp.size, inp.stage, inp.model_cfg) == (64, 'coarse', TINY_CFG)
+    assert inp.meta['cg_loop'] == 'true'   # the default: the fills' CG steps as an ONNX Loop; --unroll unrolls them
+    assert main(['--onnx', str(tmp_path / 'u.onnx'), '--checkpoint', str(ck), '--unroll']) == 0
+    assert load_onnx(tmp_path / 'u.onnx').meta['cg_loop'] == 'false'
 
 
 def test_cli_missing_release_is_one_clear_line(tmp_path, capsys):

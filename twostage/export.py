@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from . import __version__
 from .core import UserError, check_batch, atomic_write
 from .models.twostage import ModelCfg, build_model
+from .models.coarse import cg_export_loop
 from .runs import read_checkpoint, generator_state
 from .attention import PositionAttention
 from .cli import guard
@@ -85,6 +86,7 @@ def export_onnx(model: nn.Module,          # a `TwoStage` generator (float32; an
                 opset: int = 17,           # ONNX opset
                 stage: str = 'both',       # 'both' (coarse + fine) or 'coarse' (stage 1 alone)
                 model_cfg=None,            # its ModelCfg (or dict), stored in the metadata
+                loop: bool = True,         # the biharmonic fills' CG steps as one ONNX `Loop` per level (False: unrolled, see "The fill's loop")
                ) -> Path:
     "Export the generator's composited output to ONNX (dynamic batch), check its parity with PyTorch, write it; returns the path."
     onnx = _need('onnx'); _need('onnxruntime')
@@ -100,7 +102,7 @@ def export_onnx(model: nn.Module,          # a `TwoStage` generator (float32; an
     axes = {n: {0: 'batch', 2: 'height', 3: 'width'} if dynamic_size else {0: 'batch'} for n in ('image', 'mask', 'out')}
     modes = {m: m.training for m in model.modules()}      # export restores modes recursively from the wrapper's: keep each one's own
     try:
-        with tempfile.TemporaryDirectory() as d, torch.no_grad(), warnings.catch_warnings():
+        with tempfile.TemporaryDirectory() as d, torch.no_grad(), warnings.catch_warnings(), cg_export_loop(loop):
             warnings.simplefilter('ignore')   # tracer warnings: check_batch runs once on the example (OnnxInpainter re-checks)
             tmp = Path(d) / 'model.onnx'
             torch.onnx.export(OutputOnly(model, stage).eval(), (image.to(dev), mask.to(dev)), str(tmp),
@@ -114,7 +116,7 @@ def export_onnx(model: nn.Module,          # a `TwoStage` generator (float32; an
     finally:
         for m, t in modes.items(): m.training = t
     meta = {'format': 'twostage-generator', 'version': __version__, 'size': str(size), 'stage': stage,
-            'dynamic_size': str(bool(dynamic_size)).lower(), 'multiple': str(k), 'opset': str(opset),
+            'dynamic_size': str(bool(dynamic_size)).lower(), 'multiple': str(k), 'opset': str(opset), 'cg_loop': str(bool(loop)).lower(),
             'exporter': 'torch.onnx (TorchScript) ' + torch.__version__, 'model_cfg': cfg,
             'blend': json.dumps(model.blend.to_dict()) if getattr(model, 'blend', None) is not None and stage == 'both' else ''}
     onnx.helper.set_model_props(proto, {META_PREFIX + n: v for n, v in meta.items()})
@@ -215,6 +217,7 @@ def speed_table(configs: dict,           # name -> ModelCfg (built with freshly 
                 n: int = 5,              # timed runs (after one warm-up); the median is reported
                 stage: str = 'both',
                 seed: int = 0,
+                loop: bool = True,       # `export_onnx`'s: the fills' CG steps as an ONNX Loop (False: unrolled)
                ):
     "Seconds per image (batch 1, CPU) of PyTorch eager and onnxruntime, one row per configuration and size."
     import pandas as pd
@@ -233,7 +236,7 @@ def speed_table(configs: dict,           # name -> ModelCfg (built with freshly 
                 mult = getattr(model, 'multiple', 1)
                 for s in sizes:
                     if s % mult: raise ValueError(f"{name}: size {s} is not a multiple of {mult}")
-                    inp = OnnxInpainter(export_onnx(model, Path(d) / f'{name}_{s}.onnx', s, stage=stage, model_cfg=cfg), threads)
+                    inp = OnnxInpainter(export_onnx(model, Path(d) / f'{name}_{s}.onnx', s, stage=stage, model_cfg=cfg, loop=loop), threads)
                     x, k = probe_pair(s)
                     with torch.no_grad(): t_torch = med(lambda: model(x, k, stage=stage))
                     t_ort = med(lambda: inp(x, k))
@@ -271,6 +274,8 @@ def main(argv=None):
     p.add_argument('--dynamic-size', action='store_true', help='accept any multiple of the downsampling factor (checked at 2 x size)')
     p.add_argument('--opset', type=int, default=17, help='ONNX opset (default 17)')
     p.add_argument('--stage', default='both', choices=EXPORT_STAGES, help="'both' (default) or 'coarse' (stage 1 alone)")
+    p.add_argument('--unroll', action='store_true', help="unroll the biharmonic fills' conjugate-gradient steps instead of one "
+                   "ONNX Loop per level: a larger file and about a minute to export, but faster in onnxruntime at large sizes")
     p.add_argument('--overwrite', action='store_true', help='replace an existing file')
     p.add_argument('--debug', action='store_true', help='show the full traceback on errors')
     a = p.parse_args(argv)
@@ -280,7 +285,7 @@ def main(argv=None):
     model, cfg, size, what = _load_for_export(a)
     size = a.size or size
     if not size: raise UserError(f"{what} does not record its training size; pass --size")
-    export_onnx(model, out, size, a.dynamic_size, a.opset, a.stage, model_cfg=cfg)
+    export_onnx(model, out, size, a.dynamic_size, a.opset, a.stage, model_cfg=cfg, loop=not a.unroll)
     x, k = probe_pair(size, seed=1)
     d = parity(model, out, x, k)
     side = f"{size} x {size}" + (' (exported; any multiple of %d accepted)' % model.multiple if a.dynamic_size else '')

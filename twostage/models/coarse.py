@@ -4,7 +4,8 @@
 
 # %% ../../nbs/04_models.coarse.ipynb #93b85c11
 from __future__ import annotations
-import functools
+import contextlib, functools, warnings
+from typing import Optional
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from ..layers import NORMS, build_norm, count_params, ConvBlock, ResBlock, UpBlo
 
 # %% auto #0
 __all__ = ['PREFILLS', 'RESIDUAL_PREFILLS', 'BIHARMONIC_SOLVERS', 'ATTN_PLACES', 'pull_push_fill', 'harmonic_fill',
-           'biharmonic_fill', 'CoarseGenerator']
+           'cg_export_loop', 'biharmonic_fill', 'CoarseGenerator']
 
 # %% ../../nbs/04_models.coarse.ipynb #25fd6014
 PREFILLS = ('none', 'pullpush', 'harmonic', 'harmonic_input', 'biharmonic_input', 'biharmonic')
@@ -58,26 +59,60 @@ _LAPLACE = ((0., 1., 0.), (1., -4., 1.), (0., 1., 0.))
 def _laplace_kernel(device, dtype):   # built once per device: a fill calls `_laplacian` hundreds of times
     return torch.tensor(_LAPLACE, device=device, dtype=dtype).view(1, 1, 3, 3)
 
+def _laplacian_by(y: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
+    "The 5-point Laplacian with replicated borders: shifted slices, or one convolution with `kernel` (TorchScript-compatible)."
+    p = F.pad(y, [1, 1, 1, 1], mode='replicate')
+    if kernel is None:   # shifted slices: the faster on CPUs (a 1-channel convolution there takes twice as long)
+        return p[:, :, :-2, 1:-1] + p[:, :, 2:, 1:-1] + p[:, :, 1:-1, :-2] + p[:, :, 1:-1, 2:] - 4 * y
+    B, C, H, W = y.shape   # on a GPU one small convolution: two kernel launches instead of seven, per call
+    return F.conv2d(p.reshape(B * C, 1, H + 2, W + 2), kernel).view(B, C, H, W)
+
 def _laplacian(y, conv: bool | None = None):
     "The 5-point Laplacian with replicated borders (a symmetric operator, so its square suits conjugate gradients)."
-    p = F.pad(y, (1, 1, 1, 1), mode='replicate')
     if conv is None: conv = y.device.type != 'cpu' and not torch.onnx.is_in_onnx_export()
-    if not conv:   # shifted slices: the faster on CPUs (a 1-channel convolution there takes twice as long)
-        return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:] - 4 * y
-    B, C, H, W = y.shape   # on a GPU one small convolution: two kernel launches instead of seven, per call
-    return F.conv2d(p.reshape(B * C, 1, H + 2, W + 2), _laplace_kernel(p.device, p.dtype)).view(B, C, H, W)
+    return _laplacian_by(y, _laplace_kernel(y.device, y.dtype) if conv else None)
 
-def _biharmonic_cg(y, hole, iters):
+def _cg_steps(y: torch.Tensor, hole: torch.Tensor, iters: int, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
     "`iters` conjugate-gradient steps on the biharmonic equation in the holes (`hole` = 1), the known pixels of `y` fixed."
-    r = -_laplacian(_laplacian(y)) * hole
-    p, rr = r, (r * r).sum((-2, -1), keepdim=True)   # one step size per image and channel
+    r = -_laplacian_by(_laplacian_by(y, kernel), kernel) * hole
+    p = r
+    rr = (r * r).sum((-2, -1), keepdim=True)   # one step size per image and channel
     for _ in range(iters):   # a fixed count, no data-dependent branch: exportable
-        Ap = _laplacian(_laplacian(p)) * hole
+        Ap = _laplacian_by(_laplacian_by(p, kernel), kernel) * hole
         a = rr / (p * Ap).sum((-2, -1), keepdim=True).clamp(min=1e-20)
         y, r = torch.addcmul(y, a, p), torch.addcmul(r, a, Ap, value=-1)   # fused multiply-adds: fewer passes, fewer launches
-        rr, rr_old = (r * r).sum((-2, -1), keepdim=True), rr
+        rr_old = rr
+        rr = (r * r).sum((-2, -1), keepdim=True)
         p = torch.addcmul(r, rr / rr_old.clamp(min=1e-20), p)
     return y
+
+@functools.lru_cache(maxsize=None)
+def _scripted_cg_steps():
+    "`_cg_steps` compiled by TorchScript (once, when an export first needs it), or None where that fails."
+    try:
+        with warnings.catch_warnings():   # torch 2.14 marks TorchScript deprecated; the exporter it feeds is TorchScript's too
+            warnings.filterwarnings('ignore', message='.*torch.jit.script.*')
+            return torch.jit.script(_cg_steps)
+    except Exception as e:
+        warnings.warn(f"TorchScript could not compile the conjugate-gradient loop ({type(e).__name__}: {str(e)[:120]}): "
+                      "the ONNX export unrolls it (the same values; a larger file, a slower export)")
+        return None
+
+_CG_LOOP = [True]   # in an ONNX export: the steps as one `Loop` (`cg_export_loop`; `twostage.export.export_onnx(loop=...)`)
+
+@contextlib.contextmanager
+def cg_export_loop(on: bool = True):
+    "While the block exports: the fills' conjugate-gradient steps as one ONNX `Loop` per pyramid level (True) or unrolled (False)."
+    old, _CG_LOOP[0] = _CG_LOOP[0], bool(on)
+    try: yield
+    finally: _CG_LOOP[0] = old
+
+def _biharmonic_cg(y, hole, iters):
+    "`_cg_steps` with the faster Laplacian of the device; in an ONNX export one `Loop` instead of `iters` unrolled steps."
+    if torch.onnx.is_in_onnx_export() and _CG_LOOP[0] and (cg := _scripted_cg_steps()) is not None:
+        return cg(y, hole, iters, None)   # the same operations, so the same values: the traced graph keeps the loop as one node
+    conv = y.device.type != 'cpu' and not torch.onnx.is_in_onnx_export()
+    return _cg_steps(y, hole, iters, _laplace_kernel(y.device, y.dtype) if conv else None)
 
 def biharmonic_fill(x: torch.Tensor,    # B x C x H x W, holes may hold anything
                     mask: torch.Tensor, # B x 1 x H x W, 1 = hole
