@@ -67,10 +67,13 @@ def _laplacian_by(y: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> tor
     B, C, H, W = y.shape   # on a GPU one small convolution: two kernel launches instead of seven, per call
     return F.conv2d(p.reshape(B * C, 1, H + 2, W + 2), kernel).view(B, C, H, W)
 
+def _conv_kernel(y) -> Optional[torch.Tensor]:
+    "The Laplacian's kernel where one convolution is the faster (a GPU), None where shifted slices are (a CPU, an export)."
+    return _laplace_kernel(y.device, y.dtype) if y.device.type != 'cpu' and not torch.onnx.is_in_onnx_export() else None
+
 def _laplacian(y, conv: bool | None = None):
     "The 5-point Laplacian with replicated borders (a symmetric operator, so its square suits conjugate gradients)."
-    if conv is None: conv = y.device.type != 'cpu' and not torch.onnx.is_in_onnx_export()
-    return _laplacian_by(y, _laplace_kernel(y.device, y.dtype) if conv else None)
+    return _laplacian_by(y, _conv_kernel(y) if conv is None else _laplace_kernel(y.device, y.dtype) if conv else None)
 
 def _cg_steps(y: torch.Tensor, hole: torch.Tensor, iters: int, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
     "`iters` conjugate-gradient steps on the biharmonic equation in the holes (`hole` = 1), the known pixels of `y` fixed."
@@ -111,8 +114,7 @@ def _biharmonic_cg(y, hole, iters):
     "`_cg_steps` with the faster Laplacian of the device; in an ONNX export one `Loop` instead of `iters` unrolled steps."
     if torch.onnx.is_in_onnx_export() and _CG_LOOP[0] and (cg := _scripted_cg_steps()) is not None:
         return cg(y, hole, iters, None)   # the same operations, so the same values: the traced graph keeps the loop as one node
-    conv = y.device.type != 'cpu' and not torch.onnx.is_in_onnx_export()
-    return _cg_steps(y, hole, iters, _laplace_kernel(y.device, y.dtype) if conv else None)
+    return _cg_steps(y, hole, iters, _conv_kernel(y))
 
 def biharmonic_fill(x: torch.Tensor,    # B x C x H x W, holes may hold anything
                     mask: torch.Tensor, # B x 1 x H x W, 1 = hole
