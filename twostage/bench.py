@@ -12,10 +12,17 @@ from .runtime import cpu_capability, native_bf16, cpu_name
 from .models.twostage import ModelCfg, PAPER_CFG, LITE_CFG, TINY_CFG, STAGES, build_model
 
 # %% auto #0
-__all__ = ['PRESETS', 'TRAIN_VARIANTS', 'FILLS', 'bench_forward', 'bench_train_step', 'train_table', 'profile_table',
+__all__ = ['STDOUT', 'PRESETS', 'TRAIN_VARIANTS', 'FILLS', 'bench_forward', 'bench_train_step', 'train_table', 'profile_table',
            'recipe_table', 'fill_table', 'screen_table', 'outside_table', 'forward_table', 'main']
 
 # %% ../nbs/90_bench.ipynb #48c6bf5a
+class _Stdout:
+    "`sys.stdout` as it is at each write: a default bound at import would keep a stream that pytest or a notebook replaced since."
+    def write(self, s): return sys.stdout.write(s)
+    def flush(self): sys.stdout.flush()
+
+STDOUT = _Stdout()   # the default `out` of the tables below (None: silent)
+
 PRESETS = {'PAPER': PAPER_CFG, 'LITE': LITE_CFG}
 
 def _sync(device):
@@ -88,7 +95,7 @@ TRAIN_VARIANTS = {   # name -> (precision, channels_last, compile)
 
 def train_table(configs=('PAPER', 'LITE'), sizes=(64, 128), variants=('fp32', 'bf16', 'channels_last', 'bf16+channels_last'),
                 stages=('coarse', 'fine'), batch: int = 8, n: int = 3, warmup: int = 1, vgg_layers=('pool1', 'pool2', 'pool3'),
-                timing_vgg: bool = False, device=None, out=sys.stdout) -> list:
+                timing_vgg: bool = False, device=None, out=STDOUT) -> list:
     "Training-step time for each preset, size, stage and variant, with the speed-up over plain fp32 eager."
     rows = []
     for c in configs:
@@ -114,7 +121,7 @@ def profile_table(profiles=('release', 'release_cpu'), # profile names or `twost
                   variant: str = 'channels_last', # a `TRAIN_VARIANTS` name: the precision and memory format timed
                   n: int = 5, warmup: int = 2,    # timed steps per phase, after `warmup` untimed ones
                   timing_vgg: bool = False,       # random-weight VGG16 (timing only), for machines without weights
-                  device=None, out=sys.stdout) -> list:
+                  device=None, out=STDOUT) -> list:
     "Seconds per training step of each phase of each profile's full model, and the minutes its steps take on this machine."
     from twostage.experiments import EXPERIMENTS, RELEASE_PROFILES, get_profile
     from twostage.reproduce import profile_finetune
@@ -169,7 +176,7 @@ def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l
                  n_faces: int = 60,  # test faces per mask family
                  families=('thin', 'medium', 'thick', 'center'),
                  peer: str | None = 'biharmonic', # a classical method scored beside the variants (None: none)
-                 data=None, runs=None, device=None, out=sys.stdout,
+                 data=None, runs=None, device=None, out=STDOUT,
                  perceptual=None,    # a metric from `metrics.build_perceptual_metric` (or True: the default one): adds its column
                 ):
     "PSNR / SSIM (and a perceptual distance) per mask family of short stage-1 runs, one row per variant (and the peer); a DataFrame."
@@ -221,7 +228,7 @@ def fill_table(profile='release',    # a profile name or `twostage.experiments.P
                families=('thin', 'medium', 'thick', 'center'),
                fills=('biharmonic_cg', 'biharmonic_jacobi', 'harmonic'), # see `FILLS`
                peers=('biharmonic',), # classical methods scored beside them (`peers.PEERS`)
-               data=None, runs=None, out=sys.stdout,
+               data=None, runs=None, out=STDOUT,
                perceptual=None,      # a metric from `metrics.build_perceptual_metric` (or True: the default one): adds its column
               ):
     "PSNR / SSIM (and a perceptual distance) per mask family of the model's smooth fills alone (no network) and classical peers; a DataFrame."
@@ -349,7 +356,7 @@ def outside_table(weights: str = 'shipped', # 'shipped' (with its edge blend, as
 def forward_table(configs=('PAPER', 'LITE'), # names in `PRESETS`
                   sizes=(64, 128, 256), # image sides
                   stage: str = 'both', n: int = 5, batch: int = 1, channels_last: bool = False, device=None,
-                  out=sys.stdout, # where lines are printed (None: silent)
+                  out=STDOUT,     # where lines are printed (None: silent)
                  ) -> list:
     "Forward time per image for each preset and size; returns a list of dict rows (also printed)."
     rows = []
@@ -450,7 +457,7 @@ def main(argv=None):
         if a.csv: _write_csv(rows, a.csv)
         return rows
     if a.cmd == 'steps':
-        rows = profile_table(a.profiles, a.variant, a.n, a.warmup, a.timing_vgg, a.device, out=sys.stdout)
+        rows = profile_table(a.profiles, a.variant, a.n, a.warmup, a.timing_vgg, a.device)
         if a.csv: _write_csv(rows, a.csv)
         return rows
     if a.cmd == 'fill':
