@@ -56,11 +56,11 @@ BIHARMONIC_SOLVERS = ('cg', 'jacobi')
 _LAPLACE = ((0., 1., 0.), (1., -4., 1.), (0., 1., 0.))
 
 @functools.lru_cache(maxsize=None)
-def _laplace_kernel(device, dtype):   # built once per device: a fill calls `_laplacian` hundreds of times
+def _laplace_kernel(device, dtype):   # built once per device: a fill calls `_laplacian_by` hundreds of times
     return torch.tensor(_LAPLACE, device=device, dtype=dtype).view(1, 1, 3, 3)
 
 def _laplacian_by(y: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
-    "The 5-point Laplacian with replicated borders: shifted slices, or one convolution with `kernel` (TorchScript-compatible)."
+    "The 5-point Laplacian with replicated borders (symmetric, so its square suits CG): shifted slices, or one convolution with `kernel`; TorchScript-compatible."
     p = F.pad(y, [1, 1, 1, 1], mode='replicate')
     if kernel is None:   # shifted slices: the faster on CPUs (a 1-channel convolution there takes twice as long)
         return p[:, :, :-2, 1:-1] + p[:, :, 2:, 1:-1] + p[:, :, 1:-1, :-2] + p[:, :, 1:-1, 2:] - 4 * y
@@ -70,10 +70,6 @@ def _laplacian_by(y: torch.Tensor, kernel: Optional[torch.Tensor] = None) -> tor
 def _conv_kernel(y) -> Optional[torch.Tensor]:
     "The Laplacian's kernel where one convolution is the faster (a GPU), None where shifted slices are (a CPU, an export)."
     return _laplace_kernel(y.device, y.dtype) if y.device.type != 'cpu' and not torch.onnx.is_in_onnx_export() else None
-
-def _laplacian(y, conv: bool | None = None):
-    "The 5-point Laplacian with replicated borders (a symmetric operator, so its square suits conjugate gradients)."
-    return _laplacian_by(y, _conv_kernel(y) if conv is None else _laplace_kernel(y.device, y.dtype) if conv else None)
 
 def _cg_steps(y: torch.Tensor, hole: torch.Tensor, iters: int, kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
     "`iters` conjugate-gradient steps on the biharmonic equation in the holes (`hole` = 1), the known pixels of `y` fixed."
