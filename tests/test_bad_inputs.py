@@ -217,6 +217,32 @@ def test_folder_ext_and_subfolder_out(ws, folders, capsys):
     assert code == 2 and "argument --ext: invalid choice: 'gif'" in err[-1] and not (folders / 'gif').exists(), err
 
 
+def test_folder_without_photos_is_refused(ws, folders, capsys):
+    (folders / 'none').mkdir(); (folders / 'none' / 'notes.txt').write_text('no photos here')
+    code, err = _run(inpaint_main, ['--checkpoint', ws / 'ck.pt', '--images', folders / 'none', '--masks', folders / 'mask',
+                                    '--out', folders / 'out', '--device', 'cpu'], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"twostage-inpaint: error: no photos found in --images {folders / 'none'}"), err
+    assert not (folders / 'out').exists()
+
+
+def test_folder_exit_status_says_whether_anything_was_done(ws, folders, capsys):
+    "Nothing inpainted (every pair skipped): exit 1 and a summary line; some skipped: exit 0, and the skipped count on stderr."
+    for f in (folders / 'mask').iterdir(): f.write_bytes(b'junk')                     # every mask unreadable
+    code, err = _run(inpaint_main, _folder(ws, folders, folders / 'out'), capsys)
+    assert code == 1 and err[-1] == (f"twostage-inpaint: error: no photo was inpainted: all 2 were skipped (reasons above and "
+                                     f"in {folders / 'out' / 'report.json'})"), err
+    Image.fromarray(_hole()).save(folders / 'mask' / 'a0.png')
+    code, err = _run(inpaint_main, _folder(ws, folders, folders / 'out', '--overwrite'), capsys)
+    assert code == 0 and err[-1] == (f"twostage-inpaint: 1 of 2 photos inpainted, 1 skipped (reasons above and in "
+                                     f"{folders / 'out' / 'report.json'})"), err
+
+
+def test_folder_reads_tif_photos(ws, folders, capsys):
+    Image.open(folders / 'img' / 'a0.png').save(folders / 'img' / 't.tif'); Image.fromarray(_hole()).save(folders / 'mask' / 't.png')
+    code, err = _run(inpaint_main, _folder(ws, folders, folders / 'out', '--ext', 'tif'), capsys)
+    assert code == 0 and sorted(p.name for p in (folders / 'out').glob('*.tif')) == ['a0.tif', 'a1.tif', 't.tif'], err
+
+
 # ---------------------------------------------------------------- twostage-eval
 
 def _eval(ws, out, *extra, ck='ck.pt', data=None):
@@ -241,7 +267,7 @@ def test_eval_user_mistakes(ws, capsys, tmp_path):
     out = tmp_path / 'res.csv'
     cases = [(['--checkpoint', ws / 'ck.pt', '--profile', 'fast', '--out', out], UNKNOWN_PROFILE),
              (_eval(ws, out, data=tmp_path / 'nothing'), f"no face images found at {tmp_path / 'nothing'}"),
-             (_eval(ws, out, data=tmp_path / 'empty'), f"no images (jpg/jpeg/png/webp/bmp) found in {tmp_path / 'empty'}"),
+             (_eval(ws, out, data=tmp_path / 'empty'), f"no images (jpg/jpeg/png/webp/bmp/tif/tiff) found in {tmp_path / 'empty'}"),
              (_eval(ws, out, data=tmp_path / 'corrupt'), f"reads from {tmp_path / 'corrupt'} is readable"),
              (_eval(ws, out, ck=tmp_path / 'none.pt'), 'checkpoint not found'),
              (_eval(ws, out, ck=tmp_path / 'junk.pt'), 'is not a twostage checkpoint')]
@@ -249,6 +275,7 @@ def test_eval_user_mistakes(ws, capsys, tmp_path):
         code, err = _run(eval_main, argv, capsys)
         assert code == 2 and err[0].startswith('twostage-eval: error: ') and says in err[0], (argv, err)
         assert len([l for l in err if 'warn' not in l.lower()]) <= 2, err
+        if 'images found' in says or 'no images' in says: assert '--data DIR' in err[0] and '--faces DIR' in err[0] and 'pass a path' not in err[0], err
     with mock.patch('torch.cuda.is_available', lambda: False):
         code, err = _run(eval_main, _eval(ws, out, '--device', 'cuda'), capsys)
     assert code == 2 and err == ['twostage-eval: error: --device cuda: this machine has no CUDA GPU '
@@ -293,3 +320,149 @@ def test_console_scripts_exit_2_without_traceback(ws, tmp_path):
                         str(tmp_path / 'r.csv'), '--debug'], capture_output=True, text=True, env=ENV, timeout=300)
     assert r.returncode == 1 and 'Traceback' in r.stderr and "unknown profile 'fast'" in r.stderr   # --debug: the traceback
     assert (ws / 'photo.jpg').read_bytes() == before
+
+
+def test_eval_without_faces_names_the_flags(ws, capsys, tmp_path, monkeypatch):
+    "No --data, no --faces, no $TWOSTAGE_DATA and no faces beside the checkout: the message says which flags give faces."
+    monkeypatch.delenv('TWOSTAGE_DATA', raising=False)
+    with mock.patch('twostage.core.default_data_dir', lambda: None):
+        code, err = _run(eval_main, ['--checkpoint', ws / 'ck.pt', '--profile', 'smoke', '--masks', ws / 'evmasks',
+                                     '--out', tmp_path / 'r.csv'], capsys)
+    assert code == 2 and err == ["twostage-eval: error: no face images found. twostage-eval reads faces from --data DIR (a CelebA "
+                                 "folder or any folder of face images: the profile's test split) or --faces DIR (every face of "
+                                 "any folder), else from $TWOSTAGE_DATA"], err
+
+
+def test_eval_out_must_be_csv(ws, capsys, tmp_path):
+    "--out names a CSV file: a photo (or any other extension) is refused, even with --overwrite, and left as it was."
+    (tmp_path / 'face.jpg').write_bytes(b'\xff\xd8 a photo')
+    for name in ('face.jpg', 'results', 'results.csv.bak'):
+        code, err = _run(eval_main, _eval(ws, tmp_path / name, '--overwrite'), capsys)
+        assert code == 2 and err == [f"twostage-eval: error: --out {tmp_path / name}: the results are a CSV file, so --out must "
+                                     f"end in .csv (e.g. {(tmp_path / name).with_suffix('.csv')})"], err
+    assert (tmp_path / 'face.jpg').read_bytes() == b'\xff\xd8 a photo' and not (tmp_path / 'results').exists()
+    assert _run(eval_main, _eval(ws, tmp_path / 'R.CSV'), capsys)[0] == 0
+
+
+def test_eval_experiment_column(ws, capsys, tmp_path):
+    "The results' experiment: the run's name from its done.json, else the checkpoint's folder; the shipped model's release name."
+    from twostage.commands import experiment_name
+    run = tmp_path / 'runs' / 'smoke' / 'stage2' / '0123abcd'; run.mkdir(parents=True)
+    (run / 'last.pt').write_bytes((ws / 'ck.pt').read_bytes())
+    assert _run(eval_main, _eval(ws, tmp_path / 'a.csv', ck=run / 'last.pt'), capsys)[0] == 0
+    assert pd.read_csv(tmp_path / 'a.csv').experiment.unique().tolist() == ['0123abcd']     # no record: the folder's name
+    (run / 'done.json').write_text('{"experiment": "full", "experiments": ["full"]}')
+    assert _run(eval_main, _eval(ws, tmp_path / 'b.csv', ck=run / 'last.pt'), capsys)[0] == 0
+    assert pd.read_csv(tmp_path / 'b.csv').experiment.unique().tolist() == ['full']         # the run's experiment, not its key
+    assert experiment_name('release', {'release': {'name': 'release128'}}) == 'release128'
+    assert experiment_name(run / 'last.pt', {'experiment': 'no_fem'}) == 'no_fem'
+
+
+def test_eval_skips_an_unreadable_face(ws, capsys, tmp_path):
+    "An unreadable face is skipped and counted, never replaced by its neighbour (which would count twice)."
+    import torch
+    import twostage.commands as C
+    faces = tmp_path / 'faces'; faces.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(4): Image.fromarray(rng.integers(0, 256, (40, 44, 3), dtype=np.uint8)).save(faces / f'f{i}.png')
+    (faces / 'f1.png').write_bytes(b'\x89PNG broken')
+    seen = {}
+    def spy(fn, sets, *args, **kw):
+        seen.update(sets); return evaluate(fn, sets, *args, **kw)
+    evaluate = C.evaluate
+    with mock.patch.object(C, 'evaluate', spy):
+        code, err = _run(eval_main, ['--checkpoint', ws / 'ck.pt', '--profile', 'smoke', '--faces', faces, '--masks',
+                                     ws / 'evmasks', '--out', tmp_path / 'r.csv'], capsys)
+    assert code == 0, err
+    x = seen['all']
+    assert len(x) == 3 and len(torch.unique(x.flatten(1), dim=0)) == 3         # three faces, each once
+    assert any('1 of 4 faces (all) are unreadable and were skipped' in l and 'f1.png' in l for l in err), err
+
+
+# ---------------------------------------------------------------- photos and masks that are not what they seem
+
+def test_a_photo_as_the_mask_is_refused(ws, capsys, tmp_path):
+    "A photo given as the mask (or photo and mask swapped) is refused, not read as a mask that is mostly hole."
+    from twostage.core import default_data_dir
+    cases = [(ws / 'photo.jpg', ws / 'photo.jpg'), (ws / 'mask.png', ws / 'photo.jpg')]      # the photo twice; swapped
+    face = next(iter(sorted((default_data_dir() or Path('/nonexistent')).glob('img/*.jpg'))), None)
+    if face is not None: cases.append((face, face))                                          # a real face
+    for image, mask in cases:
+        code, err = _run(inpaint_main, ['--checkpoint', ws / 'ck.pt', '--image', image, '--mask', mask,
+                                        '--out', tmp_path / 'r.png', '--device', 'cpu'], capsys)
+        assert code == 2 and err[0].startswith(f"twostage-inpaint: error: mask {mask} looks like a photo, not a mask: ") and \
+            '% of its pixels are mid-grey' in err[0], err
+    assert not (tmp_path / 'r.png').exists()
+    # a real mask saved as JPEG (ringing at its edges) and one with anti-aliased strokes still pass
+    from PIL import ImageDraw
+    Image.fromarray(_hole()).save(tmp_path / 'm.jpg', quality=60)
+    big = Image.new('L', (320, 240)); ImageDraw.Draw(big).line([(10, 20), (300, 200), (60, 220)], fill=255, width=14)
+    big.resize((80, 60), Image.Resampling.LANCZOS).save(tmp_path / 'aa.png')
+    for m in ('m.jpg', 'aa.png'):
+        code, err = _run(inpaint_main, ['--checkpoint', ws / 'ck.pt', '--image', ws / 'photo.jpg', '--mask', tmp_path / m,
+                                        '--out', tmp_path / f'{m}.png', '--device', 'cpu'], capsys)
+        assert code == 0, err
+
+
+@pytest.mark.parametrize('size, says', [('0', '--size must be a positive number, got 0'), ('-5', '--size must be a positive number, got -5')])
+def test_inpaint_size_must_be_positive(ws, capsys, tmp_path, size, says):
+    code, err = _run(inpaint_main, _one(ws, tmp_path / 'r.png', '--size', size), capsys)
+    assert code == 2 and err == [f'twostage-inpaint: error: {says}'] and not (tmp_path / 'r.png').exists(), err
+
+
+def test_inpaint_size_rounded_up_is_said(ws, capsys, tmp_path):
+    code, err = _run(inpaint_main, _one(ws, tmp_path / 'r.png', '--size', '33'), capsys)
+    assert code == 0 and "warning: size 33 is not a multiple of 8, the model's downsampling factor: ran at 40 px" in err, err
+
+
+def test_profile_help_names_every_profile(capsys):
+    with pytest.raises(SystemExit): inpaint_main(['--help'])
+    out = ' '.join(capsys.readouterr().out.split())
+    assert f"profile of --experiment ({' | '.join(PROFILES)})" in out, out
+
+
+# ---------------------------------------------------------------- the photo's kind, the output format
+
+def _grey_alpha_photos(d):
+    "A grey, a 16-bit grey and a half-transparent RGBA photo, 80 x 60 (values no 8-bit or flattened image keeps)."
+    rng = np.random.default_rng(4)
+    g = rng.integers(0, 256, (60, 80), dtype=np.uint8)
+    Image.fromarray(g).save(d / 'grey.png')
+    g16 = g.astype(np.uint16) * 256 + 7; Image.fromarray(g16).save(d / 'grey16.png')
+    rgba = rng.integers(0, 256, (60, 80, 4), dtype=np.uint8); Image.fromarray(rgba, 'RGBA').save(d / 'rgba.png')
+    return g, g16, rgba
+
+
+def test_grey_and_transparent_photos_keep_their_kind(ws, capsys, tmp_path):
+    g, g16, rgba = _grey_alpha_photos(tmp_path); h = _hole() > 0
+    def run(photo, out):
+        code, err = _run(inpaint_main, ['--checkpoint', ws / 'ck.pt', '--image', tmp_path / photo, '--mask', ws / 'mask.png',
+                                        '--out', tmp_path / out, '--device', 'cpu'], capsys)
+        assert code == 0, err
+        return Image.open(tmp_path / out), err
+    r, err = run('grey.png', 'g.png')
+    assert r.mode == 'L' and np.array_equal(np.asarray(r)[~h], g[~h]) and not err        # grey: no coloured fill
+    r, err = run('grey16.png', 'g16.png')
+    assert r.mode == 'I;16' and np.array_equal(np.asarray(r)[~h], g16[~h]) and not err   # 16 bits kept, not reduced to 8
+    r, err = run('rgba.png', 'a.png'); a = np.asarray(r)
+    assert r.mode == 'RGBA' and np.array_equal(a[~h], rgba[~h]) and (a[h][:, 3] == 255).all()   # alpha and the colour under it
+    assert err == ['warning: the photo has alpha (RGBA): the model saw it over white; alpha kept outside the hole, filled pixels opaque']
+    r, err = run('rgba.png', 'a.webp'); assert r.mode == 'RGBA' and np.array_equal(np.asarray(r)[~h], rgba[~h])   # WebP: exact
+    # a format that cannot hold the kind: converted, and the warnings say how
+    r, err = run('grey16.png', 'g16.jpg')
+    assert r.mode == 'L' and any('JPEG cannot hold I;16 grey: written as 8-bit grey' in l for l in err), err
+    r, err = run('rgba.png', 'a.bmp')
+    assert r.mode == 'RGB' and any('BMP cannot hold alpha: the RGBA result was composited over white' in l for l in err), err
+
+
+def test_jpeg_output_says_it_is_lossy_and_icc_profiles_are_kept(ws, capsys, tmp_path):
+    from PIL import ImageCms
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile('sRGB')).tobytes()
+    Image.open(ws / 'photo.jpg').save(tmp_path / 'p.jpg', quality=95, icc_profile=srgb)
+    for ext in ('.jpg', '.png', '.webp', '.tif'):
+        out = tmp_path / f'r{ext}'
+        code, err = _run(inpaint_main, ['--checkpoint', ws / 'ck.pt', '--image', tmp_path / 'p.jpg', '--mask', ws / 'mask.png',
+                                        '--out', out, '--device', 'cpu'], capsys)
+        assert code == 0 and Image.open(out).info.get('icc_profile') == srgb, (ext, err)
+        lossy = [l for l in err if 'JPEG re-encodes every pixel, the known ones too' in l and '.png, .webp or .tif keep them exact' in l]
+        assert len(lossy) == (ext == '.jpg'), err

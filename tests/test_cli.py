@@ -56,6 +56,7 @@ def test_train_named_experiment_then_eval_then_inpaint(faces_dir, tmp_path, caps
     assert list(res.columns) == RESULT_COLUMNS                     # every row says what it measured
     assert res.stage.unique().tolist() == ['both'] and res['size'].unique().tolist() == [32]
     assert res.profile.unique().tolist() == ['smoke']
+    assert res.experiment.unique().tolist() == ['full'] != [ck.parent.name]   # the run's experiment (done.json), not its hash key
     assert (res.n > 0).all() and np.isfinite(res[res.metric == 'ssim'].value).all()
     assert 'wrote' in capsys.readouterr().out
     img, mask = tmp_path / 'photo.png', tmp_path / 'mask.png'
@@ -67,6 +68,16 @@ def test_train_named_experiment_then_eval_then_inpaint(faces_dir, tmp_path, caps
     assert out.shape == (50, 70, 3)
     src = np.asarray(Image.open(img))
     assert (out[m == 0] == src[m == 0]).all()     # known pixels untouched at the original size
+
+
+def test_eval_of_the_shipped_model_names_the_release(faces_dir, tmp_path, monkeypatch):
+    "With the default --checkpoint release, the experiment column is the release's name, not the current folder's."
+    from twostage.commands import eval_main
+    from twostage.release import read_release_record
+    monkeypatch.chdir(tmp_path)
+    assert eval_main(['--profile', 'smoke', '--data', str(faces_dir), '--masks', str(tmp_path / 'masks'), '--out', 'r.csv',
+                      '--n-faces', '2', '--size', '32', '--device', 'cpu']) == 0
+    assert pd.read_csv(tmp_path / 'r.csv').experiment.unique().tolist() == [read_release_record()['name']] == ['release128']
 
 
 def test_console_scripts_are_installed():

@@ -166,12 +166,14 @@ def test_console_script_and_no_training_code(tmp_path):
     assert r.returncode == 0, r.stderr[-800:]
 
 
-def test_inpaint_backend_onnxruntime_matches_torch(tmp_path):
-    "twostage-inpaint --backend onnxruntime fills the same hole as the torch backend (the model exported on the fly)."
+def test_inpaint_backend_onnxruntime_matches_torch(tmp_path, monkeypatch):
+    "twostage-inpaint --backend onnxruntime fills the same hole as the torch backend (the model exported on the fly, its temporary folder deleted)."
+    import tempfile
     import numpy as np
     from PIL import Image
     from twostage.train import tiny_checkpoint
     from twostage.commands import inpaint_main
+    (tmp_path / 'tmp').mkdir(); monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path / 'tmp'))   # where the export goes
     ck = tiny_checkpoint(tmp_path / 'tiny.pt', size=32)
     Image.fromarray(np.random.RandomState(0).randint(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / 'p.png')
     m = np.zeros((48, 64), np.uint8); m[10:30, 20:40] = 255; Image.fromarray(m).save(tmp_path / 'm.png')
@@ -183,3 +185,61 @@ def test_inpaint_backend_onnxruntime_matches_torch(tmp_path):
         outs[b] = np.asarray(Image.open(tmp_path / f'{b}.png')).astype(int)
     assert np.abs(outs['torch'] - outs['onnxruntime']).max() <= 1   # 8-bit rounding at most
     assert (outs['torch'][10:30, 20:40] != np.asarray(Image.open(tmp_path / 'p.png'))[10:30, 20:40]).any()
+    assert list((tmp_path / 'tmp').iterdir()) == []     # the exported file is gone (the session holds the model), no folder left
+
+
+def _inpaint(argv, capsys):
+    "(exit status, stderr lines) of twostage-inpaint; never a traceback."
+    from twostage.commands import inpaint_main
+    try: code = inpaint_main([str(a) for a in argv])
+    except SystemExit as e: code = e.code
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err, err
+    return code, [l for l in err.splitlines() if l.strip()]
+
+
+@pytest.fixture
+def onnx_ws(tmp_path):
+    "A photo, its mask, and 32 px ONNX files of a tiny model: without and with an edge blend, and of stage 1 alone."
+    import numpy as np
+    from PIL import Image
+    from twostage.models.blend import EdgeBlend
+    Image.fromarray(np.random.RandomState(0).randint(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / 'p.png')
+    m = np.zeros((48, 64), np.uint8); m[10:30, 20:40] = 255; Image.fromarray(m).save(tmp_path / 'm.png')
+    model = seeded_model(TINY_CFG)
+    export_onnx(model, tmp_path / 'plain.onnx', 32); export_onnx(model, tmp_path / 'coarse.onnx', 32, stage='coarse')
+    model.blend = EdgeBlend(near=1.0, far=0.25, tau=2.0); export_onnx(model, tmp_path / 'blend.onnx', 32)
+    return tmp_path
+
+
+def test_inpaint_onnx_file_is_the_model(onnx_ws, capsys):
+    "--onnx implies onnxruntime, and stderr names the file and its metadata, not the shipped release model."
+    d = onnx_ws
+    code, err = _inpaint(['--onnx', d / 'plain.onnx', '--image', d / 'p.png', '--mask', d / 'm.png', '--out', d / 'o.png'], capsys)
+    assert code == 0 and (d / 'o.png').exists(), err
+    assert err[0].startswith(f"twostage-inpaint: running {d / 'plain.onnx'} in onnxruntime (its metadata: 32 px, stage both, "
+                             "no edge blend, exported by twostage "), err
+    assert not any('release' in l for l in err), err
+    code, err = _inpaint(['--onnx', d / 'blend.onnx', '--image', d / 'p.png', '--mask', d / 'm.png', '--out', d / 'b.png'], capsys)
+    assert code == 0 and 'with an edge blend' in err[0], err
+    code, err = _inpaint(['--onnx', d / 'coarse.onnx', '--stage', 'coarse', '--image', d / 'p.png', '--mask', d / 'm.png',
+                          '--out', d / 'c.png'], capsys)
+    assert code == 0 and 'stage coarse' in err[0], err     # the stage the file holds
+
+
+@pytest.mark.parametrize('extra, says', [
+    (['--onnx', 'missing.onnx'], '--onnx {d}/missing.onnx: no such file'),
+    (['--onnx', 'plain.onnx', '--backend', 'torch'], 'runs in onnxruntime, not --backend torch'),
+    (['--onnx', 'plain.onnx', '--checkpoint', 'plain.onnx'], 'is the model to run, so --checkpoint'),
+    (['--onnx', 'blend.onnx', '--no-blend'], '--no-blend, but {d}/blend.onnx has the edge blend built in'),
+    (['--onnx', 'plain.onnx', '--stage', 'coarse'], "--stage coarse, but {d}/plain.onnx holds stage 'both'"),
+    (['--onnx', 'plain.onnx', '--size', '64'], '--size 64, but {d}/plain.onnx was exported for 32 x 32 images'),
+    (['--onnx', 'p.png'], '{d}/p.png is not an ONNX model onnxruntime can load ('),
+])
+def test_inpaint_onnx_contradictions_are_refused(onnx_ws, capsys, extra, says):
+    "A missing or unreadable --onnx file, or a flag its metadata contradicts: one line, exit status 2, nothing written."
+    d = onnx_ws
+    extra = [str(d / x) if x.endswith(('.onnx', '.png')) else x for x in extra]
+    code, err = _inpaint(['--image', d / 'p.png', '--mask', d / 'm.png', '--out', d / 'o.png', *extra], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith('twostage-inpaint: error: ') and says.format(d=d) in err[0], err
+    assert not (d / 'o.png').exists()

@@ -7,30 +7,35 @@ from __future__ import annotations
 import json, sys, warnings
 from pathlib import Path
 import pandas as pd
+import torch
 
 from .core import UserError, check_device, atomic_write
+from .runs import read_record
 from .cli import guard
-from .inpaint import (_backend, _check_single, _resolve_checkpoint, inpaint_folder, inpaint_image, load_inpainter,
-                              plan_folder, save_image)
+from .inpaint import (_backend, _check_backend, _check_single, _onnx_inpainter, _resolve_checkpoint, inpaint_folder,
+                              inpaint_image, load_inpainter, plan_folder, save_image)
 from .evaluate import (MASK_POLARITY, _check_new_file, _note, build_perceptual_metric, eval_faces, eval_masks,
-                               eval_stage, evaluate, folder_faces, load_images, mask_source, model_fn, read_mask_folder, summarise)
+                               eval_stage, evaluate, folder_faces, mask_source, model_fn, read_mask_folder, summarise)
 
 # %% auto #0
-__all__ = ['inpaint_main', 'eval_main']
+__all__ = ['inpaint_main', 'experiment_name', 'eval_main']
 
 # %% ../nbs/25_commands.ipynb #aca713bd
 @guard('twostage-inpaint')
 def inpaint_main(argv=None):
     "Console entry point: `twostage-inpaint`."
     import argparse
+    from twostage.experiments import PROFILES      # names for the help; the pipeline is imported here, by the command, only
     p = argparse.ArgumentParser(prog='twostage-inpaint', description='Inpaint photos with a trained twostage model. '
                                 'Masks: white/255 = hole. Photos of any size are centre-cropped to a square, resized to '
                                 'the model size, and only the hole pixels of the original are replaced; holes outside '
                                 'the centre square are filled from more squares of the same size (--outside keep: left as they are).')
     p.add_argument('--checkpoint', help='last.pt / best.pt written by twostage-train (default: the shipped 128 px release model)')
-    p.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime'],
-                   help="run the model in PyTorch, or in onnxruntime (needs the 'onnx' extra; exported on the fly unless --onnx)")
-    p.add_argument('--onnx', help='an ONNX file written by twostage-export (with --backend onnxruntime)')
+    p.add_argument('--backend', choices=['torch', 'onnxruntime'],
+                   help="run the model in PyTorch (default), or in onnxruntime (needs the 'onnx' extra; exported on the fly "
+                   "unless --onnx)")
+    p.add_argument('--onnx', help='an ONNX file written by twostage-export: the model to run, in onnxruntime (implies '
+                   '--backend onnxruntime; no --checkpoint)')
     p.add_argument('--image', help='one photo')
     p.add_argument('--mask', help='its mask: white/255 = hole; also read: 0/1 (1 = hole), 1-bit, RGB (brightest channel '
                    '>= 128 = hole), RGBA with transparency (transparent = hole); other value ranges are refused')
@@ -50,7 +55,7 @@ def inpaint_main(argv=None):
     p.add_argument('--invert-mask', default='check', choices=['check', 'yes', 'no', 'auto'],
                    help='check: refuse masks >90%% hole (they look inverted); yes: invert; no: never; auto: invert when they look inverted')
     p.add_argument('--experiment', help='check the checkpoint is this experiment (needs --profile)')
-    p.add_argument('--profile', help='profile of --experiment (smoke | cpu | gpu)')
+    p.add_argument('--profile', help=f"profile of --experiment ({' | '.join(PROFILES)})")
     p.add_argument('--device', help='cpu, cuda, ... (default: cuda when present)')
     p.add_argument('--debug', action='store_true', help='show the full traceback on errors')
     a = p.parse_args(argv)
@@ -59,6 +64,8 @@ def inpaint_main(argv=None):
     if a.images and not a.masks: p.error('--images needs --masks')
     if a.image and a.ext: p.error('--ext is for folder mode; with --image the --out extension chooses the format')
     if (a.experiment or a.profile) and not (a.experiment and a.profile): p.error('--experiment and --profile go together')
+    if a.size is not None and a.size < 1: raise UserError(f"--size must be a positive number, got {a.size}")
+    _check_backend(a)
     invert = {'check': None, 'yes': True, 'no': False, 'auto': 'auto'}[a.invert_mask]
     check_device(a.device)                                        # every refusal before the model is loaded
     if a.image: out = _check_single(a)
@@ -68,22 +75,61 @@ def inpaint_main(argv=None):
         from twostage import experiments as X
         mcfg = X.get_profile(a.profile).model_cfg(X.get_experiment(a.experiment))
     if a.no_blend and a.checkpoint: p.error('--no-blend is for the shipped model; a --checkpoint has no blend')
-    model, ck = load_inpainter(_resolve_checkpoint(a), device=a.device, model_cfg=mcfg, blend=not a.no_blend)
-    model = _backend(model, a)
+    if a.onnx: model = _onnx_inpainter(a, mcfg)              # the file is the model: nothing else is loaded
+    else:
+        model, ck = load_inpainter(_resolve_checkpoint(a), device=a.device, model_cfg=mcfg, blend=not a.no_blend)
+        model = _backend(model, a)
     kw = dict(stage=a.stage, size=a.size, invert=invert, outside=a.outside)
     if a.image:
         res, info = inpaint_image(model, a.image, a.mask, **kw)
+        save_image(res, out, warn=info['warnings'].append)    # what the format changed (alpha, bit depth, JPEG's loss)
         for w in info['warnings']: print(f'warning: {w}', file=sys.stderr)
-        save_image(res, out)
         print(json.dumps({'out': str(out), 'note': info['note'], 'warnings': info['warnings']}))
         return 0
     rep = inpaint_folder(model, a.images, a.masks, a.out, pair=a.pair, progress=True, ext=a.ext or 'png',
                          overwrite=a.overwrite, **kw)
     for s in rep['skipped']: print(f"skipped {s['image']}: {s['reason']}", file=sys.stderr)
     print(json.dumps(rep['count']))
+    n = rep['count']
+    if not n['done']:
+        print(f"twostage-inpaint: error: no photo was inpainted: all {n['skipped']} were skipped (reasons above and in "
+              f"{Path(a.out) / 'report.json'})", file=sys.stderr)
+        return 1
+    if n['skipped']: print(f"twostage-inpaint: {n['done']} of {n['images']} photos inpainted, {n['skipped']} skipped "
+                           f"(reasons above and in {Path(a.out) / 'report.json'})", file=sys.stderr)
     return 0
 
 # %% ../nbs/25_commands.ipynb #074bfe05
+def experiment_name(checkpoint, # --checkpoint as given ('release' for the shipped model)
+                    ck: dict,   # what `load_inpainter` returned with the model
+                   ) -> str:
+    "The results' `experiment`: the release's name, else the checkpoint's or its run's (`done.json`), else its folder's name."
+    if ck.get('release'): return ck['release'].get('name') or 'release'
+    if ck.get('experiment'): return ck['experiment']
+    folder = Path(checkpoint).resolve().parent; rec = read_record(folder)
+    if 'full' in rec.get('experiments', []): return 'full'   # a run shared by 'full' and its aliases: named as `runs.find_runs` does
+    return rec.get('experiment') or folder.name
+
+_FACES_FLAGS = ("twostage-eval reads faces from --data DIR (a CelebA folder or any folder of face images: the profile's "
+                "test split) or --faces DIR (every face of any folder), else from $TWOSTAGE_DATA")
+
+def _faces_or_say(read):
+    "`read()`, with a missing or empty face folder said in terms of the command's flags."
+    try: return read()
+    except FileNotFoundError as e:
+        raise UserError(f"{str(e).split('. ')[0]}. {_FACES_FLAGS}") from None
+
+def _load_faces(df, size: int, subset: str):
+    "The faces of `df` as N x 3 x size x size, an unreadable face skipped (said on stderr), never replaced by another: none counts twice."
+    from twostage.data import FaceDataset
+    ds = FaceDataset(df, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')              # counted below, once
+        items = [ds[i] for i in range(len(ds))]      # all unreadable: UnreadableImage naming the folder
+    keep = [it['image'] for i, it in enumerate(items) if it['index'] == i]   # a bad face comes back as the next good one
+    if ds.n_bad: _note(f"{ds.n_bad} of {len(ds)} faces ({subset}) are unreadable and were skipped (first: {ds.paths[min(ds.bad)]})")
+    return torch.stack(keep) if keep else torch.zeros(0, 3, size, size)
+
 @guard('twostage-eval')
 def eval_main(argv=None):
     "Console entry point: `twostage-eval`."
@@ -120,7 +166,10 @@ def eval_main(argv=None):
     p.add_argument('--debug', action='store_true', help='show the full traceback on errors')
     a = p.parse_args(argv)
     check_device(a.device)
-    out = Path(a.out); _check_new_file(out, a.overwrite)
+    out = Path(a.out)
+    if out.suffix.lower() != '.csv' and not out.is_dir():
+        raise UserError(f"--out {out}: the results are a CSV file, so --out must end in .csv (e.g. {out.with_suffix('.csv')})")
+    _check_new_file(out, a.overwrite)
     for flag, v in (('--n-faces', a.n_faces), ('--size', a.size), ('--limit', a.limit)):
         if v is not None and v < 1: raise UserError(f"{flag} must be a positive number, got {v}")
     if a.faces and a.data: raise UserError("give --faces (any folder, all its faces) or --data (the profile's test split), not both")
@@ -133,17 +182,17 @@ def eval_main(argv=None):
     size, k = a.size or model.train_size, getattr(model, 'multiple', 1)
     if size % k: raise UserError(f"--size {size}: this model needs a multiple of {k}, e.g. {-(-size // k) * k}")
     if a.faces:
-        df = folder_faces(a.faces, a.n_faces); picks, split = {'all': df}, df.attrs['split']
+        df = _faces_or_say(lambda: folder_faces(a.faces, a.n_faces)); picks, split = {'all': df}, df.attrs['split']
         _note(f"faces: {len(df)} from {df.attrs['root']} ({'its test partition' if split == 'test' else 'every image of the folder'}"
               f"{', the first ' + str(a.n_faces) if a.n_faces else ''})")
     else:
-        faces = prof.faces(a.data)
+        faces = _faces_or_say(lambda: prof.faces(a.data))
         picks, split = eval_faces(faces, prof.n_test, prof.n_glasses), 'test'
         if not len(picks['all']):
             raise UserError(f"{faces.root}: none of its {len(faces.df)} images falls in the test split; "
                             "evaluation needs a larger folder of faces (a few dozen at least)")
         if a.n_faces: picks = {s: v.head(a.n_faces) for s, v in picks.items()}
-    sets = {s: load_images(v, size) for s, v in picks.items()}
+    sets = {s: _load_faces(v, size, s) for s, v in picks.items()}
     if src == 'folder':
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')    # the same notes are printed below, once
@@ -159,7 +208,7 @@ def eval_main(argv=None):
             fams = have; _note(f"{masks} holds none of profile {prof.name}'s families; evaluating its own: {', '.join(have)}")
     per = evaluate(model_fn(model, stage, a.device), sets, masks, fams, build_perceptual_metric(), prof.eval_batch,
                    progress=True, limit=a.limit)
-    res = summarise(per, Path(a.checkpoint).resolve().parent.name, stable_hash(ck['model_cfg']), split=split, stage=stage,
+    res = summarise(per, experiment_name(a.checkpoint, ck), stable_hash(ck['model_cfg']), split=split, stage=stage,
                     size=size, profile=prof.name)
     atomic_write(out, lambda p: res.to_csv(p, index=False))
     tab = res[res.bucket == 'all'].pivot_table(index=['subset', 'family'], columns='metric', values='value')

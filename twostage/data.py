@@ -15,23 +15,27 @@ from PIL import Image, ImageOps
 from .core import data_dir, to_m11, pil_to_tensor, UserError
 
 # %% auto #0
-__all__ = ['IMG_EXTS', 'SPLITS', 'UnreadableImage', 'to_rgb', 'load_image', 'square_resize', 'read_attrs', 'read_partition',
-           'index_faces', 'split_faces', 'glasses', 'FaceDataset', 'FaceData', 'load_faces', 'keep_min_side',
-           'pack_faces', 'fig_faces']
+__all__ = ['IMG_EXTS', 'SPLITS', 'UnreadableImage', 'grey_scale', 'to_rgb', 'load_image', 'square_resize', 'read_attrs',
+           'read_partition', 'index_faces', 'split_faces', 'glasses', 'FaceDataset', 'FaceData', 'load_faces',
+           'keep_min_side', 'pack_faces', 'fig_faces']
 
 # %% ../nbs/01_data.ipynb #11b3a6ef
-IMG_EXTS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
+IMG_EXTS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff')
 
 class UnreadableImage(ValueError):
     "A file that is not a readable image (corrupt, truncated or not an image at all)."
+
+def grey_scale(img: Image.Image) -> float:
+    "What `to_rgb` multiplies a grey image's values by to make them 8-bit: 1/257 above 255, 255 for a float image in [0, 1], else 1."
+    hi = float(np.asarray(img, dtype=np.float32).max()) if img.width and img.height else 0.
+    return 1 / 257 if hi > 255 else (255. if img.mode == 'F' and hi <= 1 else 1.)
 
 def to_rgb(img: Image.Image) -> Image.Image:
     "Any Pillow mode -> RGB; alpha is composited over white."
     if img.mode == 'RGB': return img
     if img.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
         a = np.asarray(img, dtype=np.float32)
-        scale = 1 / 257 if a.max() > 255 else (255. if img.mode == 'F' and a.max() <= 1 else 1.)
-        img = Image.fromarray(np.clip(a * scale + 0.5, 0, 255).astype(np.uint8), 'L')
+        img = Image.fromarray(np.clip(a * grey_scale(img) + 0.5, 0, 255).astype(np.uint8), 'L')
     if img.mode == 'P': img = img.convert('RGBA' if 'transparency' in img.info else 'RGB')
     if img.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
         rgba = img.convert('RGBA')
@@ -39,7 +43,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return Image.alpha_composite(bg, rgba).convert('RGB')
     return img.convert('RGB')
 
-def load_image(path) -> Image.Image:
+def load_image(path,
+               rgb: bool = True, # False: the image in its own mode (grey, 16-bit, alpha, ...), EXIF rotation applied
+              ) -> Image.Image:
     "Read any image file as an RGB PIL image; `UnreadableImage` for corrupt, truncated or non-image files."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"image not found: {path}")
@@ -47,7 +53,7 @@ def load_image(path) -> Image.Image:
         with Image.open(path) as img:
             img.seek(0); img.load()
             img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+            return to_rgb(img) if rgb else img   # exif_transpose returns a loaded copy either way
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise UnreadableImage(f"cannot read image {path}: {type(e).__name__}: {e}") from None
 
@@ -64,7 +70,7 @@ def square_resize(img: Image.Image, # any RGB image
 # %% ../nbs/01_data.ipynb #855eb42d
 _HINT = ("Point twostage at your faces: pass a folder to index_faces / load_faces, or set TWOSTAGE_DATA, to a CelebA "
          "folder (img_align_celeba/ or img/ plus list_attr_celeba.txt) or to any folder of face images "
-         "(jpg/jpeg/png/webp/bmp, searched recursively; CelebA-HQ, FFHQ, your own).")
+         "(jpg/jpeg/png/webp/bmp/tif/tiff, searched recursively; CelebA-HQ, FFHQ, your own).")
 
 def read_attrs(path, # list_attr_celeba.txt (or Kaggle's list_attr_celeba.csv)
               ) -> tuple[pd.DataFrame, int]:
@@ -126,7 +132,7 @@ def index_faces(root=None, # CelebA folder or any folder of images; default `cor
         rel = [f.relative_to(root).with_suffix('').as_posix() for f in files]
         dup = set(pd.Series(rel)[pd.Series(rel).duplicated(keep=False)])     # a.jpg and a.png side by side
         ids = [f.relative_to(root).as_posix() if r in dup else r for f, r in zip(files, rel)]
-    if not files: raise FileNotFoundError(f"no images (jpg/jpeg/png/webp/bmp) found in {img_dir or root}. {_HINT}")
+    if not files: raise FileNotFoundError(f"no images (jpg/jpeg/png/webp/bmp/tif/tiff) found in {img_dir or root}. {_HINT}")
     names = [f.name for f in files]
     df = pd.DataFrame({'id': ids, 'path': [str(f) for f in files]})
     df['eyeglasses'], df['has_attrs'], df['partition'] = False, False, -1

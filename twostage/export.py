@@ -18,13 +18,29 @@ from .attention import PositionAttention
 from .cli import guard
 
 # %% auto #0
-__all__ = ['EXPORT_STAGES', 'PARITY_TOL', 'META_PREFIX', 'OutputOnly', 'probe_pair', 'export_onnx', 'OnnxInpainter', 'load_onnx',
-           'parity', 'speed_table', 'main']
+__all__ = ['EXPORT_STAGES', 'PARITY_TOL', 'META_PREFIX', 'MIN_OPSET', 'MAX_OPSET', 'opset_range', 'check_opset', 'OutputOnly',
+           'probe_pair', 'export_onnx', 'OnnxInpainter', 'load_onnx', 'parity', 'speed_table', 'main']
 
 # %% ../nbs/24_export.ipynb #5780d4c2
 EXPORT_STAGES = ('both', 'coarse')   # 'fine' is a training mode (stage 1 under no_grad): its output is that of 'both'
 PARITY_TOL = 1e-3                    # max abs difference (values in [-1, 1]) an export must stay within
 META_PREFIX = 'twostage.'            # keys of the ONNX metadata written by `export_onnx`
+MIN_OPSET = 11                       # bicubic Resize and the fills' Loop: at 9 and 10 the export misses parity, at 8 and below it fails
+MAX_OPSET = 20                       # where torch.onnx does not say its own highest (`torch.onnx._constants.ONNX_MAX_OPSET`)
+
+def opset_range() -> tuple:
+    "(lowest, highest) ONNX opset `export_onnx` accepts: `MIN_OPSET`, and the highest this torch.onnx supports."
+    try: from torch.onnx._constants import ONNX_MAX_OPSET as hi
+    except ImportError: hi = MAX_OPSET
+    return MIN_OPSET, int(hi)
+
+def check_opset(opset: int) -> int:
+    "`opset`, or a `UserError` naming the supported range (before any export: an unsupported one prints pages of graph)."
+    lo, hi = opset_range()
+    if not lo <= opset <= hi:
+        raise UserError(f"opset {opset} is not supported: twostage exports with opsets {lo} to {hi} (default 17); "
+                        f"below {lo} the bicubic resize and the fills' Loop cannot be expressed, above {hi} this torch cannot export")
+    return opset
 
 class OutputOnly(nn.Module):
     "`(image, mask) -> out`: a `TwoStage` reduced to its composited result, for tracing."
@@ -83,7 +99,7 @@ def export_onnx(model: nn.Module,          # a `TwoStage` generator (float32; an
                 path,                      # the .onnx file to write
                 size: int,                 # image side of the example input (the only accepted side unless dynamic_size)
                 dynamic_size: bool = False, # also make H and W dynamic (checked at 2 x size; some models refuse)
-                opset: int = 17,           # ONNX opset
+                opset: int = 17,           # ONNX opset, within `opset_range()`
                 stage: str = 'both',       # 'both' (coarse + fine) or 'coarse' (stage 1 alone)
                 model_cfg=None,            # its ModelCfg (or dict), stored in the metadata
                 loop: bool = True,         # the biharmonic fills' CG steps as one ONNX `Loop` per level (False: unrolled, see "The fill's loop")
@@ -91,6 +107,7 @@ def export_onnx(model: nn.Module,          # a `TwoStage` generator (float32; an
     "Export the generator's composited output to ONNX (dynamic batch), check its parity with PyTorch, write it; returns the path."
     onnx = _need('onnx'); _need('onnxruntime')
     if stage not in EXPORT_STAGES: raise ValueError(f"stage must be one of {EXPORT_STAGES}, got {stage!r}")
+    check_opset(opset)
     k = getattr(model, 'multiple', 1)
     if size < k or size % k: raise ValueError(f"size {size} is not a multiple of {k}, the model's downsampling factor")
     if dynamic_size and any(isinstance(m, PositionAttention) for m in model.modules()):
@@ -149,9 +166,17 @@ class OnnxInpainter:
             so = ort.SessionOptions()
             if threads: so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
             so.log_severity_level = 3
-            self.session = ort.InferenceSession(source if isinstance(source, (bytes, bytearray)) else str(source), so,
-                                                providers=['CPUExecutionProvider'])
+            try: self.session = ort.InferenceSession(source if isinstance(source, (bytes, bytearray)) else str(source), so,
+                                                     providers=['CPUExecutionProvider'])
+            except Exception as e:                  # onnxruntime's own errors (InvalidProtobuf, Fail, ...): not an ONNX model
+                if isinstance(source, (bytes, bytearray)): raise
+                raise UserError(f"{source} is not an ONNX model onnxruntime can load ({_first_line(e)}); give a file "
+                                "written by twostage-export") from None
             self.path = None if isinstance(source, (bytes, bytearray)) else source
+        names = [i.name for i in self.session.get_inputs()]
+        if names != ['image', 'mask']:
+            raise UserError(f"{self.path or 'this ONNX model'} is not a twostage generator: its inputs are {names}, not "
+                            "['image', 'mask']; give a file written by twostage-export")
         m = self.session.get_modelmeta().custom_metadata_map
         self.meta = {k[len(META_PREFIX):]: v for k, v in m.items() if k.startswith(META_PREFIX)}
         shape = self.session.get_inputs()[0].shape          # [batch, 3, H, W]; names where dynamic
@@ -267,20 +292,25 @@ def _load_for_export(a) -> tuple:
 def main(argv=None):
     "Console script `twostage-export`: a trainer checkpoint or the release model to ONNX."
     p = argparse.ArgumentParser(prog='twostage-export', description='Export the twostage generator to ONNX (onnxruntime, TensorRT, ...).')
-    p.add_argument('--onnx', required=True, help='the .onnx file to write')
+    p.add_argument('--onnx', required=True, help='the .onnx file to write (its name must end in .onnx)')
     p.add_argument('--checkpoint', help='a trainer checkpoint (last.pt / best.pt); default: the shipped release model')
     p.add_argument('--release-dir', help='folder of the release files (default: the package assets)')
     p.add_argument('--size', type=int, help="image side (default: the training size)")
     p.add_argument('--dynamic-size', action='store_true', help='accept any multiple of the downsampling factor (checked at 2 x size)')
-    p.add_argument('--opset', type=int, default=17, help='ONNX opset (default 17)')
+    p.add_argument('--opset', type=int, default=17, help='ONNX opset, %d to %d (default 17)' % opset_range())
     p.add_argument('--stage', default='both', choices=EXPORT_STAGES, help="'both' (default) or 'coarse' (stage 1 alone)")
     p.add_argument('--unroll', action='store_true', help="unroll the biharmonic fills' conjugate-gradient steps instead of one "
-                   "ONNX Loop per level: a larger file and about a minute to export, but faster in onnxruntime at large sizes")
+                   "ONNX Loop per level: a larger file and about a minute to export, but faster in onnxruntime (1.3 to 1.5x "
+                   "for the shipped model at every size measured, 128 to 512 px: figures/onnx_speed.csv)")
     p.add_argument('--overwrite', action='store_true', help='replace an existing file')
     p.add_argument('--debug', action='store_true', help='show the full traceback on errors')
     a = p.parse_args(argv)
     out = Path(a.onnx)
     if out.is_dir(): raise UserError(f"--onnx {out} is a folder; give a file name such as {out / 'twostage.onnx'}")
+    if out.suffix.lower() != '.onnx':
+        raise UserError(f"--onnx {out}: the file to write must end in .onnx (e.g. {out.with_suffix('.onnx')}); "
+                        "an image or other file is never replaced by a model")
+    check_opset(a.opset)
     if out.exists() and not a.overwrite: raise UserError(f"{out} exists; pass --overwrite to replace it")
     model, cfg, size, what = _load_for_export(a)
     size = a.size or size

@@ -11,12 +11,13 @@ import torch
 from PIL import Image
 
 from .core import pil_to_tensor, tensor_to_pil, get_device, atomic_write, UserError, check_device
-from .data import load_image, UnreadableImage, IMG_EXTS, to_rgb
+from .data import load_image, UnreadableImage, IMG_EXTS, to_rgb, grey_scale
 
 # %% auto #0
-__all__ = ['INVERTED_ABOVE', 'MASK_FORMATS', 'RELEASE', 'OUT_FORMATS', 'crop_box', 'window_boxes', 'prepare', 'read_mask',
-           'prepare_mask', 'paste_back', 'load_inpainter', 'inpaint_image', 'out_format', 'save_image', 'pair_files',
-           'plan_folder', 'inpaint_folder']
+__all__ = ['INVERTED_ABOVE', 'PHOTO_GREY_ABOVE', 'MASK_FORMATS', 'GREY_MODES', 'ALPHA_MODES', 'RELEASE', 'OUT_FORMATS',
+           'SAVE_MODES', 'ICC_FORMATS', 'crop_box', 'window_boxes', 'prepare', 'read_mask', 'prepare_mask',
+           'paste_back', 'has_alpha', 'restore_kind', 'load_inpainter', 'inpaint_image', 'out_format', 'fit_mode',
+           'save_image', 'pair_files', 'plan_folder', 'inpaint_folder']
 
 # %% ../nbs/14_inpaint.ipynb #7c298dee
 def crop_box(w: int, h: int,           # the image's size
@@ -65,19 +66,26 @@ def prepare(img: Image.Image, # any PIL image (converted to RGB; alpha composite
 
 # %% ../nbs/14_inpaint.ipynb #a4ee7b88
 INVERTED_ABOVE = 0.9   # a mask with more hole than this (and not all hole) looks inverted
+PHOTO_GREY_ABOVE = 0.25 # a 0/255 mask with more mid-grey pixels (32 to 224 of 255) than this is a photo, not a mask
 MASK_FORMATS = ("0/255 (white = hole), 0/1 (1 = hole), bool, RGB (brightest channel >= 128 = hole) "
                 "or alpha (transparent = hole)")
 
 def _levels_hole(a: np.ndarray, # H x W numbers
                  what: str,     # how to name the mask in a message
                 ) -> tuple:
-    "(H x W bool, values found): largest value <= 1: a 0/1 mask; >= 128: 0/255 (>= 128); above 255: half the largest; else `ValueError`."
+    "(H x W bool, values found): largest value <= 1: a 0/1 mask; >= 128: 0/255 (>= 128); above 255: half the largest; else, or a photo, `ValueError`."
     a = a.astype(np.float32)
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0., 0.)
     found = f"values {lo:g} to {hi:g}"
     if hi <= 1: return a >= 0.5, found
-    if hi > 255: return a >= hi / 2, found
-    if hi >= 128: return a >= 128, found
+    if hi >= 128:
+        top = max(hi, 255.)                                    # white on the mask's own scale (16-bit: the largest value)
+        grey = float(((a >= 32 / 255 * top) & (a <= 224 / 255 * top)).mean())
+        if grey > PHOTO_GREY_ABOVE:
+            raise ValueError(f"{what} looks like a photo, not a mask: {100 * grey:.0f} % of its pixels are mid-grey (32 to 224 "
+                             "of 255), where a mask is black (keep) and white (hole), grey only along its edges. Check that "
+                             "the mask is the mask and the photo the photo (command line: --mask and --image)")
+        return a >= (hi / 2 if hi > 255 else 128), found
     raise ValueError(f"{what} has {found}: neither a 0/1 mask nor a 0/255 one, so the hole cannot be told apart. "
                      f"twostage reads {MASK_FORMATS}; rescale the mask so the hole is 1 or 255")
 
@@ -177,6 +185,36 @@ def paste_back(out: torch.Tensor,            # 1 x 3 x S x S model output in [-1
     res = original.copy(); res.paste(region, (l, t))
     return res
 
+# %% ../nbs/14_inpaint.ipynb #a5218691
+GREY_MODES = ('1', 'L', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')   # photos that come back grey
+ALPHA_MODES = ('RGBA', 'LA', 'PA')                                     # with P + transparency: photos that keep their alpha
+
+def has_alpha(img: Image.Image) -> bool:
+    "Whether an image has an alpha channel: RGBA, LA, PA, or a palette with a transparent colour."
+    return img.mode in ALPHA_MODES or (img.mode == 'P' and 'transparency' in img.info)
+
+def restore_kind(res: Image.Image,   # the RGB result: the photo over white (`to_rgb`) with its hole filled
+                 photo: Image.Image, # the photo as given
+                 filled,             # H x W bool: the pixels that were filled
+                ) -> Image.Image:
+    "The result in the photo's kind: grey stays grey at its depth, alpha stays outside the hole (filled pixels opaque), else RGB."
+    h = np.asarray(filled, dtype=bool)
+    lum = np.asarray(res.convert('L'), np.float64)[h]                 # a grey photo's fill: the luminance of the model's
+    if photo.mode in GREY_MODES:
+        g = photo.convert('L') if photo.mode == '1' else photo
+        a = np.array(g); v = lum / grey_scale(g)                       # back through the inverse of to_rgb's 8-bit scale
+        if a.dtype.kind in 'ui': v = np.clip(np.round(v), np.iinfo(a.dtype).min, np.iinfo(a.dtype).max)
+        a[h] = v; out = Image.fromarray(a)                             # uint8 L, uint16 I;16 (B), int32 I, float32 F
+    elif photo.mode == 'LA':
+        a = np.array(photo); a[h, 0] = np.round(lum); a[h, 1] = 255; out = Image.fromarray(a, 'LA')
+    elif has_alpha(photo):
+        a = np.array(photo.convert('RGBA')); a[h, :3] = np.asarray(res)[h]; a[h, 3] = 255; out = Image.fromarray(a, 'RGBA')
+    else: out = res.copy()
+    icc = photo.info.get('icc_profile')
+    if icc and photo.mode not in ('CMYK', 'YCbCr', 'LAB', 'HSV'): out.info['icc_profile'] = icc
+    else: out.info.pop('icc_profile', None)
+    return out
+
 # %% ../nbs/14_inpaint.ipynb #03c84e05
 RELEASE = 'release'   # `load_inpainter(RELEASE)` (or None): the shipped 128 px weights, see twostage.release
 
@@ -214,7 +252,7 @@ def _size_for(model, size=None) -> int:
 # %% ../nbs/14_inpaint.ipynb #c85b5cc5
 @torch.no_grad()
 def inpaint_image(model,                # a TwoStage model (eval mode), e.g. from `load_inpainter`
-                  image,                # PIL image or path: any size, any aspect
+                  image,                # PIL image (any mode) or path: any size, any aspect; comes back in its kind (`restore_kind`)
                   mask,                 # PIL image, array or path (see `read_mask`); 255 / True = hole
                   stage: str = 'both',  # 'both' (coarse + fine) | 'coarse'
                   device=None,          # default: the model's device
@@ -225,11 +263,18 @@ def inpaint_image(model,                # a TwoStage model (eval mode), e.g. fro
     "Inpaint one photo: (PIL result at the original size, info dict with crop box, squares run, warnings, timings)."
     if stage not in ('both', 'coarse'): raise ValueError(f"stage must be 'both' or 'coarse', got {stage!r}")
     if outside not in ('fill', 'keep'): raise ValueError(f"outside must be 'fill' or 'keep', got {outside!r}")
-    if isinstance(image, (str, Path)): image = load_image(image)
-    image = to_rgb(image)
+    if size is not None and size < 1: raise ValueError(f"size must be a positive number of pixels, got {size}")
+    if isinstance(image, (str, Path)): image = load_image(image, rgb=False)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"inpaint_image takes a PIL image or a path as the photo, got {type(image).__module__}.{type(image).__name__}; "
+                        "convert it first: twostage.core.tensor_to_pil(t) for a 3 x H x W tensor in [-1, 1], "
+                        "PIL.Image.fromarray(a) for an H x W x 3 uint8 array")
+    photo, image = image, to_rgb(image)                 # the model sees RGB over white; the result goes back to the photo's kind
     S = _size_for(model, size)
     x, info = prepare(image, S)
     mfull, msgs = read_mask(mask, image.size, invert)
+    if size is not None and S != size:
+        msgs.append(f"size {size} is not a multiple of {getattr(model, 'multiple', 1)}, the model's downsampling factor: ran at {S} px")
     if stage == 'both' and getattr(model, 'trained_stage', 'fine') == 'coarse':
         msgs.insert(0, "this checkpoint finished stage 1 only (its fine network is untrained): ran stage='coarse'")
         stage = 'coarse'
@@ -243,7 +288,7 @@ def inpaint_image(model,                # a TwoStage model (eval mode), e.g. fro
     info['windows'] = boxes
     if not boxes:
         info['ran'] = False
-        return image.copy(), info
+        return photo.copy(), info                       # the photo as given
     if len(boxes) > 1 or boxes[0] != info['box']:
         info['note'] += f"; the hole pixels outside it filled from {len(boxes) - (info['box'] in boxes)} more {info['crop']}x{info['crop']} square(s)"
     dev = torch.device(device) if device else next(model.parameters()).device
@@ -256,12 +301,17 @@ def inpaint_image(model,                # a TwoStage model (eval mode), e.g. fro
         out = model(xb.to(dev), _model_mask(todo, box, S).to(dev), stage=stage)['out']
         secs += time.perf_counter() - t0
         res = paste_back(out.float().cpu(), res, ib, part); todo &= ~part
+    if has_alpha(photo):
+        msgs.append(f"the photo has alpha ({photo.mode}): the model saw it over white; alpha kept outside the hole, filled pixels opaque")
     info.update(ran=True, seconds=secs)
-    return res, info
+    return restore_kind(res, photo, mfull & ~todo), info
 
 # %% ../nbs/14_inpaint.ipynb #ffaef831
 OUT_FORMATS = {'.png': ('PNG', {}), '.jpg': ('JPEG', {'quality': 95}), '.jpeg': ('JPEG', {'quality': 95}),
-               '.webp': ('WEBP', {'lossless': True}), '.bmp': ('BMP', {}), '.tif': ('TIFF', {}), '.tiff': ('TIFF', {})}
+               '.webp': ('WEBP', {'lossless': True, 'exact': True}), '.bmp': ('BMP', {}), '.tif': ('TIFF', {}), '.tiff': ('TIFF', {})}
+SAVE_MODES = {'PNG': ('1', 'L', 'LA', 'I;16', 'I;16B', 'I;16L', 'P', 'RGB', 'RGBA'), 'JPEG': ('1', 'L', 'RGB', 'CMYK'),
+              'WEBP': ('RGB', 'RGBA'), 'BMP': ('1', 'L', 'P', 'RGB'), 'TIFF': None}   # the modes each writes and reads back (None: all)
+ICC_FORMATS = ('PNG', 'JPEG', 'WEBP', 'TIFF')   # the formats that store an ICC profile
 
 def out_format(path) -> tuple:
     "(Pillow format, save options) named by an output file's extension; `UserError` for any other extension."
@@ -271,11 +321,39 @@ def out_format(path) -> tuple:
                         f"format; use {', '.join(OUT_FORMATS)}")
     return OUT_FORMATS[ext]
 
-def save_image(img: Image.Image, # the result
+def fit_mode(img: Image.Image, # any mode
+             fmt: str,           # a Pillow format of `OUT_FORMATS`
+            ) -> tuple:
+    "(`img` in a mode `fmt` can write, [what was changed]): alpha over white, 16-bit / float grey to 8 bits, grey to RGB (WebP)."
+    keep, m, why = SAVE_MODES[fmt], img.mode, []
+    if keep is None or m in keep: return img, why
+    icc = img.info.get('icc_profile')
+    if has_alpha(img) and 'RGBA' not in keep:
+        why.append(f"{fmt} cannot hold alpha: the {m} result was composited over white (.png, .webp or .tif keep alpha)")
+        img = to_rgb(img).convert('L') if m == 'LA' else to_rgb(img)
+    if img.mode in GREY_MODES and img.mode not in keep and img.mode not in ('1', 'L'):
+        why.append(f"{fmt} cannot hold {img.mode} grey: written as 8-bit grey (.tif keeps it{', .png too' if img.mode.startswith('I;16') else ''})")
+        img = to_rgb(img).convert('L')                  # the 8-bit scale the model saw
+    if img.mode not in keep:
+        was = img.mode
+        img = img.convert('RGBA' if has_alpha(img) and 'RGBA' in keep else 'RGB')
+        why.append(f"{fmt} has no grey mode: written as {img.mode}, its colour channels equal" if was in ('1', 'L', 'LA')
+                   else f"{fmt} cannot hold {was}: written as {img.mode}")
+    kind = lambda mode: 'grey' if mode in GREY_MODES + ('LA',) else 'rgb' if mode in ('RGB', 'RGBA', 'P', 'PA') else mode
+    if icc and kind(m) == kind(img.mode): img.info['icc_profile'] = icc   # a profile only describes pixels of its own kind
+    else: img.info.pop('icc_profile', None)
+    return img, why
+
+def save_image(img: Image.Image, # the result, in any mode (as `inpaint_image` returns it: the photo's kind)
                path,             # its file; the extension chooses the format (JPEG at quality 95, WebP lossless)
+               warn=None,        # called with each note on what the format changed (default: `warnings.warn`)
               ) -> Path:
-    "Write `img` in the format its extension names, atomically (a crash never leaves half a file)."
+    "Write `img` in the format its extension names, atomically, with its ICC profile; a mode the format cannot hold is converted."
     fmt, kw = out_format(path)
+    img, notes = fit_mode(img, fmt)
+    if fmt == 'JPEG': notes.append("JPEG re-encodes every pixel, the known ones too (lossy, quality 95); .png, .webp or .tif keep them exact")
+    if img.info.get('icc_profile') and fmt in ICC_FORMATS: kw = {**kw, 'icc_profile': img.info['icc_profile']}
+    for n in notes: (warn or warnings.warn)(f"{Path(path).name}: {n}")
     return atomic_write(path, lambda q: img.save(q, format=fmt, **kw))
 
 def _same(a, b) -> bool:
@@ -320,6 +398,7 @@ def plan_folder(images_dir, masks_dir, out_dir, # the photos, their masks, and w
                                               f"{what}; choose another output folder")
     ext = '.' + str(ext).lower().lstrip('.'); out_format(f'result{ext}')
     pairs, unused = pair_files(images_dir, masks_dir, pair)
+    if not pairs: raise UserError(f"no photos found in --images {images_dir} (photos: {' '.join(IMG_EXTS)})")
     inputs = [im for im, _ in pairs] + [m for _, m in pairs if m is not None] + list(unused)
     jobs, no_mask, by_name = [], [], {}
     for im, m in pairs:
@@ -340,7 +419,7 @@ def plan_folder(images_dir, masks_dir, out_dir, # the photos, their masks, and w
     return {'jobs': jobs, 'no_mask': no_mask, 'unused': unused, 'ext': ext}
 
 def inpaint_folder(model,            # a TwoStage model, e.g. from `load_inpainter`
-                   images_dir,       # folder of photos (jpg/jpeg/png/webp/bmp)
+                   images_dir,       # folder of photos (jpg/jpeg/png/webp/bmp/tif/tiff)
                    masks_dir,        # folder of masks (255 = hole; see `read_mask` for the other formats)
                    out_dir,          # results go here as <photo stem>.<ext>, plus report.json
                    pair: str = 'name', # 'name': by file stem | 'order': by sorted order
@@ -358,7 +437,7 @@ def inpaint_folder(model,            # a TwoStage model, e.g. from `load_inpaint
     for im, m, out in plan['jobs']:
         try:
             res, info = inpaint_image(model, im, m, stage=stage, device=device, size=size, invert=invert, outside=outside)
-            save_image(res, out)
+            save_image(res, out, warn=info['warnings'].append)
             done.append({'image': str(im), 'mask': str(m), 'out': str(out), 'warnings': info['warnings']})
         except (UnreadableImage, ValueError, OSError) as e:   # a bad pair is reported, the run goes on
             skipped.append({'image': str(im), 'mask': str(m), 'reason': f"{type(e).__name__}: {e}"})
@@ -378,17 +457,49 @@ def _resolve_checkpoint(a):
           f"128 px{blend}, see the model card in the README)", file=sys.stderr)
     return RELEASE
 
-def _backend(model, a):
-    "The model itself (torch), or an onnxruntime session of it (`--backend onnxruntime`: `--onnx FILE`, else exported now)."
-    if a.backend == 'torch': return model
+def _check_backend(a):
+    "Settle `--backend` (`--onnx FILE` implies onnxruntime) and refuse, before anything is loaded, flags that contradict `--onnx`."
+    if a.onnx:
+        if a.backend == 'torch': raise UserError(f"--onnx {a.onnx} runs in onnxruntime, not --backend torch: drop one of them")
+        if a.checkpoint: raise UserError(f"--onnx {a.onnx} is the model to run, so --checkpoint {a.checkpoint} would be ignored: give one of them")
+        if not Path(a.onnx).is_file(): raise UserError(f"--onnx {a.onnx}: no such file" + (' (it is a folder)' if Path(a.onnx).is_dir() else ''))
+    a.backend = a.backend or ('onnxruntime' if a.onnx else 'torch')
+
+def _need_onnxruntime():
     try: import onnxruntime  # noqa: F401
     except ImportError: raise UserError("--backend onnxruntime needs onnxruntime: pip install 'twostage[onnx]'") from None
+
+def _onnx_inpainter(a, model_cfg=None):
+    "The `--onnx` file as the model (`twostage.export.OnnxInpainter`), checked against the flags and announced on stderr."
+    _need_onnxruntime()
+    from twostage.export import load_onnx
+    inp, f = load_onnx(a.onnx), a.onnx                  # a file onnxruntime cannot read: UserError
+    blend = inp.meta.get('blend', '')
+    if getattr(a, 'no_blend', False) and blend:
+        raise UserError(f"--no-blend, but {f} has the edge blend built in (its metadata records it); drop --no-blend, "
+                        "or run the network alone without --onnx (the shipped model with --no-blend)")
+    if a.stage == 'coarse' and inp.stage != 'coarse':
+        raise UserError(f"--stage coarse, but {f} holds stage {inp.stage!r}; export it with twostage-export --stage coarse, or drop --stage")
+    if a.size and inp.size and _size_for(inp, a.size) != inp.size:
+        raise UserError(f"--size {a.size}, but {f} was exported for {inp.size} x {inp.size} images; drop --size, or export "
+                        f"again with --size {a.size} (or --dynamic-size)")
+    if model_cfg is not None and inp.model_cfg != model_cfg:
+        raise UserError(f"{f} is not the requested experiment's model configuration"
+                        + ('' if inp.model_cfg else " (its metadata records none)"))
+    side = f"any multiple of {inp.multiple} px, run at {inp.train_size}" if inp.dynamic_size else f"{inp.size} px"
+    print(f"twostage-inpaint: running {f} in onnxruntime (its metadata: {side}, stage {inp.stage}, "
+          f"{'with an edge blend' if blend else 'no edge blend'}, exported by twostage {inp.meta.get('version', '?')}, "
+          f"opset {inp.meta.get('opset', '?')})", file=sys.stderr)
+    return inp
+
+def _backend(model, a):
+    "The model itself (torch), or an onnxruntime session of it exported now to a temporary folder, deleted once the session is made."
+    if a.backend == 'torch': return model
+    _need_onnxruntime()
     from twostage.export import export_onnx, load_onnx
-    if a.onnx: return load_onnx(a.onnx)
     import tempfile
-    f = Path(tempfile.mkdtemp(prefix='twostage-onnx-')) / 'model.onnx'
-    export_onnx(model, f, _size_for(model, a.size), stage=a.stage)
-    return load_onnx(f)
+    with tempfile.TemporaryDirectory(prefix='twostage-onnx-') as d:   # the session reads the whole file when it is made
+        return load_onnx(export_onnx(model, Path(d) / 'model.onnx', _size_for(model, a.size), stage=a.stage))
 
 def _check_single(a):
     "Refuse, before anything is loaded, a single-photo run that lacks an input or would overwrite a file."
