@@ -125,8 +125,8 @@ def test_fig_demo_panel(runs, faces, tmp_path):
     assert (tmp_path / 'demo_panel.png').exists() and 'smoke/full' in fig._suptitle.get_text()
 
 def test_latency_lite_128():
-    lat = measure_latency(size=128, threads=2, repeats=2)
-    assert lat['median_s'] < 1, lat      # the target; about 0.06 s on one thread of a 2-core EPYC (AVX512)
+    lat = measure_latency(size=128, threads=2, repeats=2)   # the shipped model with its edge blend, as the demo runs it
+    assert lat['median_s'] < 1, lat      # the target, on 2 threads of a 2-core CPU
 
 
 def test_demo_finds_the_full_model_of_a_real_smoke_run(tmp_path, faces):

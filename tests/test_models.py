@@ -201,3 +201,12 @@ def test_attention_maps():
 def test_bench_forward_runs():
     from twostage.bench import bench_forward
     assert 0 < bench_forward(TINY, 32, batch=1, n=1) < 5
+
+
+def test_committed_architecture_table_is_the_code_s(tmp_path):
+    "figures/architecture.md is what `save_architecture` writes for the current configurations (hashes, fields, parameter counts)."
+    from pathlib import Path
+    from twostage.models.twostage import save_architecture
+    _, md = save_architecture(out_dir=tmp_path)
+    committed = Path(__file__).resolve().parents[1] / 'figures' / 'architecture.md'
+    assert md.read_text() == committed.read_text(), 'figures/architecture.md is stale: rerun save_architecture(out_dir="figures")'

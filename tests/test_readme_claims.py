@@ -129,3 +129,24 @@ def test_readme_cpu_routes_quote_their_committed_runs(folder):
     if folder == 'release_cpu_onejob': assert card['card']['profile'] == 'release_cpu'   # run by `make release-cpu`'s own profile
     counts = re.search(r'all faces: ahead (\d+), not resolved (\d+)', (d / 'margins.md').read_text())
     if folder != 'release_cpu': assert f"all faces {counts[1]} ahead, {counts[2]} not resolved" in sec, (folder, counts.groups())
+
+
+def test_readme_quick_start_runs_on_a_real_face(tmp_path, monkeypatch):
+    "The README's Quick start snippet, as printed, on a real face and a hand-drawn mask in place of photo.jpg / mask.png."
+    import numpy as np
+    from PIL import Image
+    readme = (ROOT / 'README.md').read_text()
+    start = readme.index('## Quick start')
+    code = readme[readme.index('```python', start) + len('```python'):readme.index('```', readme.index('```python', start) + 9)]
+    assert 'inpaint_image' in code and 'load_release()' in code, 'the Quick start lost one of its two uses'
+    from twostage.core import data_dir
+    try: face = next(p for p in sorted((data_dir() / 'img').glob('*.jpg')) if Image.open(p).size[0] >= 128)
+    except (FileNotFoundError, StopIteration): pytest.skip('no real faces (set TWOSTAGE_DATA to a CelebA folder)')
+    photo = Image.open(face).convert('RGB'); photo.save(tmp_path / 'photo.jpg', quality=95)
+    m = np.zeros(photo.size[::-1], np.uint8); m[40:70, 30:90] = 255; Image.fromarray(m).save(tmp_path / 'mask.png')
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, 'README Quick start', 'exec'), {})
+    out = np.asarray(Image.open(tmp_path / 'filled.png').convert('RGB')).astype(int)
+    src = np.asarray(Image.open(tmp_path / 'photo.jpg').convert('RGB')).astype(int)
+    hole = m > 0
+    assert (out[~hole] == src[~hole]).all() and (out[hole] != src[hole]).any()

@@ -97,13 +97,15 @@ def train_table(configs=('PAPER', 'LITE'), sizes=(64, 128), variants=('fp32', 'b
                 stages=('coarse', 'fine'), batch: int = 8, n: int = 3, warmup: int = 1, vgg_layers=('pool1', 'pool2', 'pool3'),
                 timing_vgg: bool = False, device=None, out=STDOUT) -> list:
     "Training-step time for each preset, size, stage and variant, with the speed-up over plain fp32 eager."
-    rows = []
+    from twostage.models.twostage import TRAINING_STAGES
+    for what, names, valid in (('config', configs, PRESETS), ('stage', stages, TRAINING_STAGES), ('variant', variants, TRAIN_VARIANTS)):
+        if bad := [x for x in names if x not in valid]: raise ValueError(f"unknown {what} {bad[0]!r}; valid: {list(valid)}")
+    rows = []   # a failure below is a machine's (fp16 on a CPU, a compiler missing), never a name's
     for c in configs:
         for s in sizes:
             for st in stages:
                 base = None
                 for v in variants:
-                    if v not in TRAIN_VARIANTS: raise ValueError(f"unknown variant {v!r}; valid: {list(TRAIN_VARIANTS)}")
                     pr, cl, comp = TRAIN_VARIANTS[v]
                     try: sec = bench_train_step(PRESETS[c], s, batch, st, pr, cl, comp, n, warmup, vgg_layers, timing_vgg, device)
                     except Exception as e:   # e.g. fp16 on a CPU, or a compiler missing: say so, keep going
@@ -393,8 +395,8 @@ def main(argv=None):
     t = sub.add_parser('train', help='training step time (batch 8 by default)')
     t.add_argument('--configs', nargs='+', default=['PAPER', 'LITE'], choices=list(PRESETS))
     t.add_argument('--sizes', nargs='+', type=int, default=[64, 128])
-    t.add_argument('--stages', nargs='+', default=['coarse', 'fine'])
-    t.add_argument('--variants', nargs='+', default=['fp32', 'bf16', 'channels_last', 'bf16+channels_last'])
+    t.add_argument('--stages', nargs='+', default=['coarse', 'fine'], choices=['coarse', 'fine', 'joint'])
+    t.add_argument('--variants', nargs='+', default=['fp32', 'bf16', 'channels_last', 'bf16+channels_last'], choices=list(TRAIN_VARIANTS))
     t.add_argument('--batch', type=int, default=8); t.add_argument('--n', type=int, default=3); t.add_argument('--warmup', type=int, default=1)
     t.add_argument('--vgg-layers', nargs='*', default=['pool1', 'pool2', 'pool3'], help='none given: no perceptual/style terms')
     t.add_argument('--timing-vgg', action='store_true', help='random-weight VGG16 for timing on machines without weights')

@@ -15,13 +15,8 @@ _DEBUG_LINE = "(run again with --debug for the full traceback)"
 
 def _user_error_types() -> tuple:
     "The exception types that mean a user mistake (imported here, not at the top: no import cycle)."
-    types = [UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, KeyboardInterrupt]
-    try:
-        from twostage.data import UnreadableImage
-        from twostage.weights import MissingWeights
-        types += [UnreadableImage, MissingWeights]
-    except ImportError: pass      # a broken optional dependency must not hide the error being reported
-    return tuple(types)
+    # the package's own kinds are among these: `data.UnreadableImage` is a ValueError, `weights.MissingWeights` a FileNotFoundError
+    return (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, KeyboardInterrupt)
 
 def _is_user_error(e: BaseException) -> bool:
     "True for the exceptions `guard` reports in one or two lines (see the list above)."

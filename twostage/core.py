@@ -51,7 +51,13 @@ def check_batch(image: torch.Tensor, # B x 3 x H x W in [-1, 1]
                 mask: torch.Tensor,  # B x 1 x H x W, 1 = hole
                 multiple: int = 1,   # H and W must be multiples of this (the model's downsampling factor)
                ):
-    "Raise a clear `ValueError` when an image/mask pair does not follow the conventions."
+    "Raise a clear `ValueError` when an image/mask pair does not follow the conventions (what the hole holds is never read)."
+    if not isinstance(image, torch.Tensor) or not isinstance(mask, torch.Tensor):
+        raise ValueError(f"image and mask must be torch tensors, got {type(image).__name__} and {type(mask).__name__} "
+                         "(a PIL photo: twostage.inpaint.inpaint_image, or pil_to_tensor)")
+    if image.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"image must be a float32 (or bf16 / fp16) tensor in [-1, 1], got {image.dtype}"
+                         + (": pass image.float()" if image.is_floating_point() else ": a 0-255 photo is x.float() / 127.5 - 1"))
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image must be B x 3 x H x W, got {tuple(image.shape)} (grey or RGBA input: convert to RGB first)")
     if mask.ndim != 4 or mask.shape[1] != 1:
@@ -62,14 +68,16 @@ def check_batch(image: torch.Tensor, # B x 3 x H x W in [-1, 1]
     if H % multiple or W % multiple:
         raise ValueError(f"image size {H}x{W} is not a multiple of {multiple}, the model's downsampling factor; "
                          f"resize or pad (twostage.inpaint does this for you)")
-    if image.min() < -1.001 or image.max() > 1.001:
-        raise ValueError(f"image values must be in [-1, 1], got [{image.min():.3f}, {image.max():.3f}]")
     if ((mask != 0) & (mask != 1)).any():
         raise ValueError("mask must be binary (0 = known, 1 = hole)")
+    known = image.masked_select(~mask.bool())   # the known pixels: the only ones read
+    if not torch.isfinite(known).all(): raise ValueError("image has NaN or infinite values outside the hole")
+    if known.numel() and (known.min() < -1.001 or known.max() > 1.001):
+        raise ValueError(f"image values must be in [-1, 1], got [{known.min():.3f}, {known.max():.3f}] outside the hole")
 
 def masked_input(image, mask):
-    "The image with its holes set to 0 (mid-grey), as the generators see it."
-    return image * (1 - mask)
+    "The image with its holes set to 0 (mid-grey), as the generators see it; whatever the hole held (NaN too) is gone."
+    return image.masked_fill(mask.bool(), 0)
 
 def composite(pred, image, mask):
     "Keep the known pixels of `image` and take `pred` inside the hole: `mask * pred + (1 - mask) * image`."
@@ -167,7 +175,7 @@ def data_dir(path=None) -> Path:
     return Path(p)
 
 def runs_dir(path=None) -> Path:
-    "Where checkpoints, logs and per-run results go: `path`, else `$TWOSTAGE_RUNS`, else `runs/` in the checkout."
+    "Where checkpoints, logs and per-run results go: `path`, else `$TWOSTAGE_RUNS`, else `runs/` in the checkout, else (an installed package) `~/.cache/twostage/runs`."
     p = path or os.environ.get('TWOSTAGE_RUNS')
     if p is None:
         root = repo_root()

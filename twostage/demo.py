@@ -176,19 +176,24 @@ def save_result(result: dict, # from `run`
     return {'panel': path, 'out': out}
 
 # %% ../nbs/20_demo.ipynb #fcbdfce0
-def measure_latency(cfg=None,            # a ModelCfg (default: LITE_CFG)
+def measure_latency(cfg=None,            # a ModelCfg to time with random weights (default: the `model` below)
                     size: int = 128,     # image side
                     threads: int | None = 2, # torch CPU threads (None: leave as is)
                     repeats: int = 3,    # timed runs after one warm-up
                     stage: str = 'both',
+                    model=None,          # a model to time (default, without `cfg`: the shipped release model with its edge blend, the demo's first choice)
                    ) -> dict:
     "Seconds per `run` of one image on the CPU (whole call, metrics included; and the forward pass alone)."
-    from twostage.models.twostage import LITE_CFG, build_model
+    from twostage.models.twostage import build_model
+    if cfg is not None and model is not None: raise ValueError("give measure_latency a cfg (random weights) or a model, not both")
     old = torch.get_num_threads()
     if threads: torch.set_num_threads(threads)
     try:
         torch.manual_seed(0)
-        model = build_model(cfg or LITE_CFG).eval()
+        if model is None:
+            if cfg is None: from twostage.release import load_release; model = load_release()[0]
+            else: model = build_model(cfg)
+        model = model.eval()
         image, mask = torch.rand(1, 3, size, size) * 2 - 1, make_mask('eyeband', size)
         run(model, image, mask, stage)
         ts, fw = [], []

@@ -153,6 +153,7 @@ def fig_claims(c: pd.DataFrame,          # a `twostage.tables.claims` table
 def write_figures(results: pd.DataFrame, profile, ckpts: dict, sets: dict, masks, out, device=None,
                   row_labels: dict | None = None, # Table 6 row -> label in the legends (e.g. '9' -> '9: full model')
                   blend: dict | None = None, # the release's edge blend (`EdgeBlend` arguments): the qualitative grids show its output
+                  log=print,   # where a figure this run has no data for is said to be skipped, and why (None: silent)
                  ) -> dict:
     "Write every figure of a reproduce run into `out`; returns name -> path."
     from twostage.runs import load_model
@@ -161,7 +162,8 @@ def write_figures(results: pd.DataFrame, profile, ckpts: dict, sets: dict, masks
     for table in ('table6', 'stage1'):
         for metric in ('psnr', 'ssim'):
             try: w[f'{table}_{metric}_by_bucket'] = save_figure(fig_metric_vs_bucket(results, table, metric, labels=labels if table == 'table6' else None), f'{table}_{metric}_by_bucket', out)
-            except ValueError: pass
+            except ValueError as e:   # e.g. a release run has no stage-1 rows
+                if log: log(f"[figure] skipped {table}_{metric}_by_bucket: {e}")
     full = ckpts.get('t6_row9')
     if full:
         model, _ = load_model(full['fine'], device='cpu')
@@ -180,7 +182,8 @@ def write_figures(results: pd.DataFrame, profile, ckpts: dict, sets: dict, masks
             w['qualitative_glasses'] = save_figure(fig_qualitative(model, sets['eyeglasses'][:k], mk.float(),
                                                    ['eyeband'] * k, f'{what}, faces with eyeglasses'), 'qualitative_glasses', out)
         try: w['attention_maps'] = save_figure(fig_attention_maps(model, sets['all'][:1], allm[idx[:1]].float()), 'attention_maps', out)
-        except ValueError: pass
+        except ValueError as e:
+            if log: log(f"[figure] skipped attention_maps: {e}")
         logs = {k: Path(full[st]).parent / 'losses.csv' for k, st in (('stage 1 (coarse)', 'coarse'), ('stage 2 (fine)', 'fine'))
                 if isinstance(full[st], (str, Path))}   # shipped weights (a checkpoint dict) have no training log here
         logs = {k: v for k, v in logs.items() if v.exists()}

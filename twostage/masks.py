@@ -332,7 +332,7 @@ def write_eval_masks(out_dir,                 # folder for the PNGs and manifest
     rows = []
     def put(m, file, fam, i):
         Image.fromarray((m * 255).astype(np.uint8), 'L').save(out / file, format='PNG')
-        r = float(m.mean()); rows.append(dict(file=file, family=fam, seed=seed, index=i, size=size, hole_ratio=round(r, 6), bucket=bucket_of(r)))
+        r = float(m.astype(np.float64).mean()); rows.append(dict(file=file, family=fam, seed=seed, index=i, size=size, hole_ratio=round(r, 6), bucket=bucket_of(r)))
     for fam in families:
         if fam == 'bucketed':
             for b, name in enumerate(BUCKETS):

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 import cv2
 from skimage.restoration import inpaint_biharmonic
-from .core import check_batch, composite
+from .core import check_batch, composite, masked_input
 
 # %% auto #0
-__all__ = ['PEERS', 'inpaint_peer']
+__all__ = ['PEER_VERSION', 'PEERS', 'inpaint_peer']
 
 # %% ../nbs/16_peers.ipynb #f83e105d
 def _u8(x: np.ndarray) -> np.ndarray:  # H x W x 3 in [0, 1]
@@ -28,6 +28,8 @@ def _biharmonic(img, hole):
 def _mean_fill(img, hole):
     return np.broadcast_to(img[~hole].mean(0), img.shape)
 
+PEER_VERSION = 2   # in the name of every cached peer score (`twostage.reproduce`): 2 = the hole's pixels are never read
+
 PEERS = {  # name -> fill(img H x W x 3 in [0, 1], hole H x W bool, **kw) -> H x W x 3 in [0, 1]
     'telea': _opencv(cv2.INPAINT_TELEA),
     'navier_stokes': _opencv(cv2.INPAINT_NS),
@@ -43,6 +45,7 @@ def inpaint_peer(name: str,           # a key of PEERS
     "Inpaint with a classical method; returns the composited B x 3 x H x W result in [-1, 1]."
     if name not in PEERS: raise ValueError(f"unknown peer {name!r}; valid: {list(PEERS)}")
     check_batch(image, mask)
+    image = masked_input(image, mask)   # whatever the hole held (NaN too) is never read
     img = ((image.detach().cpu().double() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     holes = mask.detach().cpu().numpy()[:, 0] > 0.5
     pred = np.zeros_like(img)                         # full mask -> mid-grey (0 in [-1, 1]) = 0.5 here

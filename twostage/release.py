@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import pandas as pd
-from .core import get_device, atomic_write, UserError
+from .core import get_device, check_device, atomic_write, UserError
 from .models.twostage import ModelCfg, build_model
 from .models.blend import EdgeBlend
 from .runs import read_checkpoint, generator_state
@@ -83,6 +83,7 @@ def load_release(name: str = RELEASE_NAME, folder=None, device=None, check_sha25
                 ) -> tuple:
     "(TwoStage model in eval mode, record) of a released model; the file must match its recorded sha256."
     from safetensors.torch import load_file
+    check_device(device)   # a device this machine lacks: one clear line, before anything is read
     rec = read_release_record(name, folder)
     w, _ = release_paths(name, folder)
     if check_sha256: _check_sha256(w, rec, 'the file is damaged or was replaced')

@@ -20,7 +20,7 @@ from .train import resolve_precision
 from .cli import guard
 from .evaluate import eval_faces, eval_masks, load_images, evaluate, summarise, model_fn, RESULT_COLUMNS
 from .metrics import build_perceptual_metric
-from .peers import inpaint_peer
+from .peers import inpaint_peer, PEER_VERSION
 from .runs import load_model, read_record
 from .experiments import EXPERIMENTS
 from .models.blend import EdgeBlend
@@ -126,14 +126,14 @@ def _score_peers(prof: Profile, sets, masks, perc, proto, res_dir: Path, ef: dic
     out = {'results': [], 'per': {}, 'ef_results': [], 'ef_per': {}, 'ef_preds': {}}
     size = prof.train.size
     for name in prof.peers:
-        t1 = time.time(); rp = res_dir / f'peer_{name}-{proto}.csv'
+        t1 = time.time(); rp = res_dir / f'peer_{name}-v{PEER_VERSION}-{proto}.csv'   # a new peer version is scored afresh
         fn = lambda im, m: inpaint_peer(name, im, m)
         res, cached = _cached_eval(rp, lambda per: summarise(per, f'peer_{name}', 'peer', prof.train.seed, stage='peer', size=size,
                                                             profile=prof.name),
                                    per_image=lambda: evaluate(fn, sets, masks, prof.families, perc, prof.eval_batch, progress=progress))
         out['results'].append(res.assign(table='peers', row=name)); out['per'][f'peer_{name}'] = _per_image_path(rp)
         if ef:
-            efp = res_dir / f"peer_{name}-{ef['proto']}.csv"
+            efp = res_dir / f"peer_{name}-v{PEER_VERSION}-{ef['proto']}.csv"
             r, _ = _cached_eval(efp, lambda per: summarise(per, f'peer_{name}', 'peer', prof.train.seed, stage='peer',
                                                           size=size, profile=prof.name),
                                 per_image=lambda: evaluate(fn, ef['sets'], ef['masks'], ('eyeframe',), perc, prof.eval_batch))
@@ -156,10 +156,10 @@ def score_peers(profile: str | Profile = 'release_gpu', # the profile whose prot
     _score_peers(prof, sets, masks, perc, proto, out_root / 'results', ef, progress, log)
     return out_root / 'results'
 
-def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
+def reproduce(profile: str | Profile = 'cpu', # a name of `PROFILES` (smoke, cpu, gpu, release, release_gpu, release_cpu), or a Profile
               data=None,      # faces (default: $TWOSTAGE_DATA or the bundled CelebA crops)
-              runs=None,      # per-run outputs (default: runs/)
-              figures=None,   # tables and figures (default: figures/ for cpu, runs/<profile>/figures otherwise)
+              runs=None,      # per-run outputs (default: `runs_dir()`: $TWOSTAGE_RUNS, else runs/ in the checkout)
+              figures=None,   # tables and figures (default: figures/ for cpu, figures/release for the release profiles, runs/<profile>/figures otherwise)
               device=None,
               experiments=None,  # names to run (default: every Table 6 and stage-1 row, and the seed repeats with `seeds`)
               peers: bool = True,
@@ -310,7 +310,7 @@ def reproduce(profile: str | Profile = 'cpu', # smoke | cpu | gpu, or a Profile
         from twostage.figures import write_figures
         figs_written = write_figures(allres[~allres.table.isin(list(optional))], prof, ckpts=ckpts, sets=sets, masks=masks, out=figs, device=device,
                                      row_labels={str(i): f'{i}: {m}' for i, m in T6_LABELS.items()},
-                                     blend=blend['params'] if blend else None)
+                                     blend=blend['params'] if blend else None, log=log)
         for k, v in figs_written.items(): log(f"[figure] {v}")
         written.update(figs_written)
     if release_to is not None and 't6_row9' in ckpts and 'fine' in ckpts['t6_row9']:
@@ -653,7 +653,7 @@ def main(argv=None):
                    "(RELEASE_FINETUNE: both stages, more thin strokes), write them as the shipped weights, then evaluate them; "
                    "without --shipped, on a release profile: train its model, write it, fine-tune it so, then evaluate it (the whole recipe)")
     p.add_argument('--precision', choices=['auto', 'fp32', 'bf16'],
-                   help="override the profile's precision (default 'auto': what is fastest on this machine)")
+                   help="override the profile's precision (default: the profile's own, 'auto' for every profile but smoke: what is fastest on this machine)")
     a = p.parse_args(argv)
     from twostage.core import check_device
     check_device(a.device)

@@ -131,7 +131,7 @@ def choose_precision(model_cfg=None,      # a ModelCfg whose coarse generator is
                      probe=None,           # (precision, channels_last) -> seconds per step; default: the coarse generator's forward + backward
                      probe_name: str = 'generator', # what `probe` times: part of the remembered choice's key
                     ) -> PrecisionChoice:
-    "The precision (and memory layout) to train with on this machine; measured once per process and setting."
+    "The precision (and memory layout) to train with on this machine; measured once per machine and setting, then remembered (`precision_memo_path`)."
     if requested not in PRECISIONS: raise UserError(f"precision must be one of {PRECISIONS}, got {requested!r}")
     dev = get_device(device)
     env = os.environ.get('TWOSTAGE_PRECISION')
@@ -237,7 +237,7 @@ def run_lock(folder):
     except OSError:
         f.seek(0); holder = f.read().strip() or 'unknown process'; f.close()
         raise RunLocked(f"{folder} is in use by another training process ({holder}); wait for it to finish, "
-                        "or train into another --out folder") from None
+                        "or train into another runs folder (twostage-train --out, twostage-reproduce --runs)") from None
     try:
         f.seek(0); f.truncate()
         f.write(json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'since': time.strftime('%Y-%m-%d %H:%M:%S')}))

@@ -58,11 +58,22 @@ def stage1_table(results, subset='all', family='pooled'):
     "The stage-1 (coarse network) ablation: coarse output only; no paper numbers exist for it."
     return wide(results, 'stage1', subset, family)
 
-def peers_table(results, subset='all', family='pooled', full='t6_row9'):
+def peers_table(results, subset='all', family='pooled', full='t6_row9',
+                label: str = 'twostage (full)', # the model's row
+                also: dict | None = None,       # further model rows, experiment -> label (e.g. the network without the release's blend)
+               ):
     "The full model against the classical peers, same faces, masks and metrics."
-    r = results[(results.table == 'peers') | (results.experiment == full)].assign(table='peers')
-    r.loc[r.experiment == full, 'row'] = 'twostage (full)'
+    rows = {full: label, **(also or {})}
+    r = results[(results.table == 'peers') | results.experiment.isin(list(rows))].assign(table='peers')
+    for e, l in rows.items(): r.loc[r.experiment == e, 'row'] = l
     return wide(r, 'peers', subset, family)
+
+def _model_rows(results: pd.DataFrame, profile: str = '') -> tuple:
+    "(experiment, label, also) of the model in the peers tables: a release run's shipped output (row 9 with its edge blend) and its network alone."
+    full = 't6_row9_blend' if (results.experiment == 't6_row9_blend').any() else 't6_row9'
+    name = 'twostage (release' if profile.startswith('release') else 'twostage (full'   # the release profiles: release, release_gpu, release_cpu
+    if full == 't6_row9': return full, name + ')', None
+    return full, name + ' + edge blend)', {'t6_row9': name + ', network alone, no blend)'}
 
 # %% ../nbs/18_tables.ipynb #28a619db
 def peer_verdicts(results: pd.DataFrame, full: str = 't6_row9', peers=('biharmonic', 'telea', 'navier_stokes')) -> pd.DataFrame:
@@ -222,11 +233,13 @@ def write_tables(results: pd.DataFrame, out_dir, profile: str = '',
     "Write Table 6, the stage-1 table and the peers table (CSV, markdown, LaTeX) into `out_dir`; returns the paths."
     out, written = Path(out_dir), {}
     p = perceptual_name(results)
+    mfull, mlabel, malso = _model_rows(results, profile)   # a release run: the shipped output and its network alone
     note = (f"Profile `{profile}`; code {', '.join(sorted(results.code_version.astype(str).unique()))}. "
             f"Perceptual column: `{p}`" + (" (shift-tolerant LPIPS: NOT comparable with the paper's LPIPS)." if p and p.startswith('st') else '.'))
     specs = {'table6': (lambda r, **k: table6(r, modules=modules, **k), 'Table 6 (fine-network ablation) rebuilt; paper numbers beside ours'),
              'stage1': (stage1_table, 'Stage-1 (coarse network) ablation; coarse output; no paper numbers exist'),
-             'peers': (peers_table, 'twostage (full model) against classical inpainting, same protocol')}
+             'peers': (lambda r, **k: peers_table(r, full=mfull, label=mlabel, also=malso, **k),
+                       'twostage (full model) against classical inpainting, same protocol')}
     for name, (build, caption) in specs.items():
         if name == 'table6' and not (results.table == 'table6').any(): continue
         if name == 'stage1' and not (results.table == 'stage1').any(): continue
@@ -244,7 +257,7 @@ def write_tables(results: pd.DataFrame, out_dir, profile: str = '',
         t = full[(full.subset == 'all') & (full.family == 'pooled')].drop(columns=['subset', 'family', 'code_version'])
         written[f'{name}_tex'] = atomic_write(out / f'{name}.tex', lambda f: Path(f).write_text(_tex(t, caption)))
     # a release run's verdicts are about what it ships: row 9 with its edge blend, where the run chose one
-    full = 't6_row9_blend' if (results.experiment == 't6_row9_blend').any() else 't6_row9'
+    full = mfull
     v = peer_verdicts(results, full) if (results.table == 'peers').any() and (results.experiment == full).any() else pd.DataFrame()
     if len(v):
         written['verdicts_csv'] = atomic_write(out / 'verdicts.csv', lambda f: v.to_csv(f, index=False))
@@ -252,10 +265,7 @@ def write_tables(results: pd.DataFrame, out_dir, profile: str = '',
         md = ('# The full model against the best classical peer, per mask family\n\n' + note + ' Margins: positive = the model '
               'is better (for the perceptual distance, lower is better).\n\n' + verdict_summary(v) + '\n\n' + _md(v[cols]))
         written['verdicts_md'] = atomic_write(out / 'verdicts.md', lambda f: Path(f).write_text(md))
-        name = 'twostage (release' if profile.startswith('release') else 'twostage (full'   # the release profiles: release, release_gpu, release_cpu
-        label = name + (' + edge blend)' if full != 't6_row9' else ')')
-        also = {'t6_row9': name + ', network alone, no blend)'} if full != 't6_row9' else None
-        grid = ''.join(f"\n## {subset} test faces\n\n" + family_grid_md(results, subset, full, label=label, also=also)
+        grid = ''.join(f"\n## {subset} test faces\n\n" + family_grid_md(results, subset, full, label=mlabel, also=malso)
                        for subset in sorted(v.subset.unique()))
         grid = (f"# PSNR / SSIM / {perceptual_name(results)} per mask family, the model beside the classical peers\n\n{note} "
                 "The best of each cell in bold (higher PSNR and SSIM, lower perceptual distance).\n" + grid)

@@ -27,9 +27,9 @@ from .losses import (LossCfg, reconstruction_loss, target_features, adversarial_
 
 # %% auto #0
 __all__ = ['STAGES', 'TRAIN_LATER_FIELDS', 'STAGE2_TRAIN_FIELDS', 'START_DIR', 'TrainCfg', 'stage_seed', 'resolve_precision',
-           'StepBatches', 'step_masks', 'dist_info', 'maybe_init_distributed', 'unwrap', 'all_gather_objects',
-           'TrainingDiverged', 'shared_vgg', 'Trainer', 'save_sample_grid', 'ImageTensorDataset', 'train_step_time',
-           'tiny_checkpoint', 'train_stages', 'start_step_share', 'at_size']
+           'StepBatches', 'step_masks', 'dist_info', 'maybe_init_distributed', 'unwrap', 'TrainingDiverged',
+           'shared_vgg', 'Trainer', 'save_sample_grid', 'ImageTensorDataset', 'train_step_time', 'tiny_checkpoint',
+           'train_stages', 'start_step_share', 'at_size']
 
 # %% ../nbs/12_train.ipynb #bcfab896
 STAGES = tuple(TRAINING_STAGES)   # 'coarse', 'fine', 'joint': what each does is a row of models.twostage.TRAINING_STAGES
@@ -153,11 +153,6 @@ def unwrap(m):
     "The module inside a DDP wrapper (or the module itself)."
     return m.module if isinstance(m, DDP) else m
 
-def all_gather_objects(obj):
-    "Gather a picklable object from every rank (a list of one object when not distributed)."
-    rank, world = dist_info()
-    if world == 1: return [obj]
-    out = [None] * world; dist.all_gather_object(out, obj); return out
 
 # %% ../nbs/12_train.ipynb #227e6252
 class TrainingDiverged(RuntimeError):
@@ -476,7 +471,7 @@ def _resume_from(self, last: Path):
             warnings.warn(f"cannot read {last} ({err}); resuming from {alt.name} (step {ck.get('step')}) instead", stacklevel=3)
             return ck, alt
     raise UserError(f"cannot read the checkpoint {last} ({err}) and no readable last.prev.pt or best.pt is beside it; "
-                    "start this run over with --no-resume (or delete the folder)")
+                    "delete the folder to start this run over (twostage-train: or pass --no-resume)")
 
 @patch_to(Trainer)
 def _fit(self, resume, until):

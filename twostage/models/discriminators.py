@@ -57,18 +57,18 @@ def crop_boxes(x: torch.Tensor, # B x C x H x W
 # %% ../../nbs/05_models.discriminators.ipynb #b0488ef1
 class LocalDiscriminator(nn.Module):
     "Critic on a fixed-size crop around the hole: forward(img, mask) -> B x 1 x h x w logits."
-    def __init__(self, crop_frac: float = 0.5, # crop side as a fraction of the image height
+    def __init__(self, crop_frac: float = 0.5, # crop side as a fraction of the image's shorter side
                  in_ch: int = 3, base: int = 64, n_layers: int = 4, spectral_norm: bool = True, # as `PatchDiscriminator`
                 ):
         super().__init__()
         if not 0 < crop_frac <= 1: raise ValueError(f"crop_frac must be in (0, 1], got {crop_frac}")
         self.crop_frac, self.net = crop_frac, PatchDiscriminator(in_ch, base, n_layers, spectral_norm)
-    def crop_size(self, H: int) -> int:
-        "Side of the crop for images of height H."
-        return max(int(round(self.crop_frac * H)), 1)
+    def crop_size(self, H: int, W: int | None = None) -> int:
+        "Side of the crop for H x W images (square if W is None): a fraction of the shorter side, so it always fits."
+        return max(int(round(self.crop_frac * min(H, W or H))), 1)
     def crop(self, img, mask):
         "The crops the critic sees: B x C x s x s."
-        s = self.crop_size(img.shape[-2])
+        s = self.crop_size(*img.shape[-2:])
         return crop_boxes(img, hole_boxes(mask, s), s)
     def forward(self, img, mask): return self.net(self.crop(img, mask))
 

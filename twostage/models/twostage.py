@@ -86,7 +86,7 @@ class ModelCfg:
     @classmethod
     def from_json(cls, s: str) -> ModelCfg: return cls.from_dict(json.loads(s))
     def key_dict(self) -> dict:
-        "`to_dict` without the fields added after the first release while they hold their default: old keys stay valid."
+        "`to_dict` without the `LATER_FIELDS` while they hold their default, so keys written before those existed stay valid (`fine_residual` is older than this rule: it is in every key)."
         return {k: v for k, v in self.to_dict().items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     def hash(self) -> str:
         "Stable short hash of the configuration (`core.stable_hash`): names checkpoints and result rows."
@@ -129,8 +129,10 @@ class TwoStage(nn.Module):
                 detach_coarse: bool = False, # stop gradients from stage 2 into stage 1
                ) -> dict:
         if stage not in STAGES: raise ValueError(f"unknown stage {stage!r}; valid: {STAGES}")
+        if mask.dtype != image.dtype and not mask.is_floating_point() or mask.dtype == torch.float64:
+            mask = mask.to(image.dtype)   # a bool, integer or float64 mask: the same 0/1 values
         check_batch(image, mask, self.multiple)
-        masked = masked_input(image, mask)
+        masked = image = masked_input(image, mask)   # from here on `image` is the known pixels alone: the hole is never read
         with torch.set_grad_enabled(torch.is_grad_enabled() and stage != 'fine'):
             coarse = self.coarse(masked, mask)
         coarse_out = composite(coarse, image, mask)
