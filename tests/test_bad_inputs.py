@@ -376,7 +376,7 @@ def test_eval_skips_an_unreadable_face(ws, capsys, tmp_path):
     assert code == 0, err
     x = seen['all']
     assert len(x) == 3 and len(torch.unique(x.flatten(1), dim=0)) == 3         # three faces, each once
-    assert any('1 of 4 faces (all) are unreadable and were skipped' in l and 'f1.png' in l for l in err), err
+    assert any('1 of 4 faces (all) are unreadable and were left out' in l and 'f1.png' in l for l in err), err
 
 
 # ---------------------------------------------------------------- photos and masks that are not what they seem

@@ -14,7 +14,7 @@ from .runs import read_record
 from .cli import guard
 from .inpaint import (_backend, _check_backend, _check_single, _onnx_inpainter, _resolve_checkpoint, inpaint_folder,
                               inpaint_image, load_inpainter, plan_folder, save_image)
-from .evaluate import (MASK_POLARITY, _check_new_file, _note, build_perceptual_metric, eval_faces, eval_masks,
+from .evaluate import (MASK_POLARITY, _check_new_file, _note, build_perceptual_metric, eval_faces, eval_masks, load_images,
                                eval_stage, evaluate, folder_faces, mask_source, model_fn, read_mask_folder, summarise)
 
 # %% auto #0
@@ -121,14 +121,11 @@ def _faces_or_say(read):
 
 def _load_faces(df, size: int, subset: str):
     "The faces of `df` as N x 3 x size x size, an unreadable face skipped (said on stderr), never replaced by another: none counts twice."
-    from twostage.data import FaceDataset
-    ds = FaceDataset(df, size)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')              # counted below, once
-        items = [ds[i] for i in range(len(ds))]      # all unreadable: UnreadableImage naming the folder
-    keep = [it['image'] for i, it in enumerate(items) if it['index'] == i]   # a bad face comes back as the next good one
-    if ds.n_bad: _note(f"{ds.n_bad} of {len(ds)} faces ({subset}) are unreadable and were skipped (first: {ds.paths[min(ds.bad)]})")
-    return torch.stack(keep) if keep else torch.zeros(0, 3, size, size)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter('always')
+        ims = load_images(df, size, what=f'faces ({subset})')
+    for w in said: _note(str(w.message))
+    return ims
 
 @guard('twostage-eval')
 def eval_main(argv=None):

@@ -13,7 +13,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .core import get_device, code_version, atomic_write, runs_dir, UserError, check_device
-from .data import index_faces, UnreadableImage, _list_images
+from .data import index_faces, UnreadableImage, _list_images, IMG_EXTS
 from .masks import write_eval_masks, load_eval_masks, bucket_of, hole_ratios
 from .metrics import image_metrics, build_perceptual_metric
 from .inpaint import read_mask, crop_box, INVERTED_ABOVE
@@ -43,16 +43,18 @@ def eval_masks(size: int, families, n: int, root=None, seed: int = 0) -> Path:
     write_eval_masks(d, size, families=tuple(families), n_per_family=n, seed=seed)
     return d
 
-def load_images(df, size: int) -> torch.Tensor:
-    "Faces of a DataFrame as one N x 3 x size x size tensor in [-1, 1]."
+def load_images(df, size: int,
+                what: str = 'evaluation faces', # how the warning names them
+               ) -> torch.Tensor:
+    "Faces of a DataFrame as one N x 3 x size x size tensor in [-1, 1]; an unreadable face is left out (one warning), never replaced: none counts twice."
     from twostage.data import FaceDataset
     ds = FaceDataset(df, size)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')     # one warning per bad file would bury the summary below
-        ims = [ds[i]['image'] for i in range(len(ds))]   # all unreadable: UnreadableImage naming the folder
+        items = [ds[i] for i in range(len(ds))]   # all unreadable: UnreadableImage naming the folder
+    ims = [it['image'] for i, it in enumerate(items) if it['index'] == i]   # a bad face comes back as the next good one: dropped
     if ds.n_bad:
-        warnings.warn(f"{ds.n_bad} of {len(ds)} evaluation faces are unreadable and were replaced by the next readable "
-                      f"face (first: {ds.paths[min(ds.bad)]})", stacklevel=2)
+        warnings.warn(f"{ds.n_bad} of {len(ds)} {what} are unreadable and were left out (first: {ds.paths[min(ds.bad)]})", stacklevel=2)
     return torch.stack(ims) if ims else torch.zeros(0, 3, size, size)
 
 # %% ../nbs/13_evaluate.ipynb #c4a9f3b1
@@ -96,7 +98,7 @@ def read_mask_folder(folder,                  # any folder of mask images (recur
     if not folder.is_dir(): raise FileNotFoundError(f"mask folder not found: {folder}")
     if invert not in (None, True, False, 'auto'): raise ValueError(f"invert must be None, True, False or 'auto', got {invert!r}")
     files = _mask_files(folder)
-    if not files: raise FileNotFoundError(f"no mask images (png/jpg/jpeg/webp/bmp) in {folder}")
+    if not files: raise FileNotFoundError(f"no mask images ({'/'.join(e.lstrip('.') for e in IMG_EXTS)}) in {folder}")
     if limit:
         fams = pd.Series([f for _, f in files])
         keep = [i for _, ix in fams.groupby(fams, sort=False).indices.items() for i in ix[(np.arange(min(limit, len(ix))) * len(ix)) // min(limit, len(ix))]]
