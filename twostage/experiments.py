@@ -123,6 +123,8 @@ RECIPES = {r.row: r for r in (   # short stage-1 runs of a profile's full model 
     _recipe('coarse_base_32', 'coarse U-Net width 32', model=dict(coarse_base=32)),
     _recipe('pullpush', 'holes start from a pull-push fill, the U-Net predicts a residual', model=dict(coarse_prefill='pullpush')),
     _recipe('adv_warmup', 'no adversarial term in the first 300 steps', train=dict(adv_warmup=300)),
+    _recipe('local_pixel', "the local critic's crop centred on a hole pixel instead of the hole's bounding box (`ModelCfg.local_centre`)",
+            model=dict(local_centre='pixel')),
     _recipe('ema', "a moving average of the generator's weights (decay 0.995, as StyleGAN's G_ema), scored in place of the last weights",
             train=dict(ema=0.995)),   # the average keeps 0.995 ** steps of the untrained weights: 0.05 % after 1,500 steps
     # a 64 px step of the release model costs about a third of a 128 px one (0.21 against 0.64 s, fp32 + channels_last, batch 8,

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import spectral_norm as _sn
 
 # %% auto #0
-__all__ = ['PatchDiscriminator', 'hole_boxes', 'crop_boxes', 'LocalDiscriminator', 'RelativisticDiscriminator']
+__all__ = ['LOCAL_CENTRES', 'PatchDiscriminator', 'hole_boxes', 'crop_boxes', 'LocalDiscriminator', 'RelativisticDiscriminator']
 
 # %% ../../nbs/05_models.discriminators.ipynb #da8eea3e
 class PatchDiscriminator(nn.Module):
@@ -30,19 +30,29 @@ class PatchDiscriminator(nn.Module):
     def forward(self, x): return self.head(self.body(x)) # B x in_ch x H x W -> B x 1 x h x w
 
 # %% ../../nbs/05_models.discriminators.ipynb #4347baa4
+LOCAL_CENTRES = ('box', 'pixel')   # where the local crop is centred: the hole's bounding box | one of its pixels, chosen by the mask
+
 def hole_boxes(mask: torch.Tensor, # B x 1 x H x W, 1 = hole
                size: int, # side of the square box, in pixels
+               centre: str = 'box', # 'box': the hole's bounding box | 'pixel': a hole pixel picked by a hash of the mask (not the paper's)
               ) -> torch.Tensor:
-    "Top-left corners (B x 2: top, left) of `size` x `size` boxes centred on each hole's bounding box, clamped inside the image; empty mask -> centre."
+    "Top-left corners (B x 2: top, left) of `size` x `size` boxes centred on each hole (see `centre`), clamped inside the image; empty mask -> centre."
     B, _, H, W = mask.shape
     if not 0 < size <= min(H, W): raise ValueError(f"box size {size} must be in 1..{min(H, W)} for {H}x{W} masks")
+    if centre not in LOCAL_CENTRES: raise ValueError(f"unknown local crop centre {centre!r}; valid: {LOCAL_CENTRES}")
     m = mask[:, 0] > 0.5
     rows, cols = m.any(2), m.any(1)                             # B x H, B x W
     ar_h, ar_w = torch.arange(H, device=mask.device), torch.arange(W, device=mask.device)
-    def centre(hit, ar, n):
+    def centre_of(hit, ar, n):
         lo = torch.where(hit, ar, n).amin(1); hi = torch.where(hit, ar, -1).amax(1)
         return torch.where(hit.any(1), (lo + hi + 1).float() / 2, torch.full_like(lo, n).float() / 2)
-    cy, cx = centre(rows, ar_h, H), centre(cols, ar_w, W)
+    cy, cx = centre_of(rows, ar_h, H), centre_of(cols, ar_w, W)
+    if centre == 'pixel':   # the k-th hole pixel in reading order, k a hash of where the hole is: the same for a real image and its fake
+        flat = m.flatten(1); n = flat.sum(1)
+        pos = torch.arange(H * W, device=mask.device)
+        k = ((flat * pos).sum(1) * 2654435761) % n.clamp_min(1)
+        idx = torch.where(flat, flat.long().cumsum(1) - 1, -1).eq(k[:, None]).long().argmax(1)
+        cy = torch.where(n > 0, (idx // W).float() + 0.5, cy); cx = torch.where(n > 0, (idx % W).float() + 0.5, cx)
     top = (cy - size / 2).round().long().clamp(0, H - size)
     left = (cx - size / 2).round().long().clamp(0, W - size)
     return torch.stack([top, left], 1)
@@ -59,17 +69,19 @@ class LocalDiscriminator(nn.Module):
     "Critic on a fixed-size crop around the hole: forward(img, mask) -> B x 1 x h x w logits."
     def __init__(self, crop_frac: float = 0.5, # crop side as a fraction of the image's shorter side
                  in_ch: int = 3, base: int = 64, n_layers: int = 4, spectral_norm: bool = True, # as `PatchDiscriminator`
+                 centre: str = 'box', # where the crop is centred: `hole_boxes`'s 'box' (the paper's reading) or 'pixel'
                 ):
         super().__init__()
         if not 0 < crop_frac <= 1: raise ValueError(f"crop_frac must be in (0, 1], got {crop_frac}")
-        self.crop_frac, self.net = crop_frac, PatchDiscriminator(in_ch, base, n_layers, spectral_norm)
+        if centre not in LOCAL_CENTRES: raise ValueError(f"unknown local crop centre {centre!r}; valid: {LOCAL_CENTRES}")
+        self.crop_frac, self.centre, self.net = crop_frac, centre, PatchDiscriminator(in_ch, base, n_layers, spectral_norm)
     def crop_size(self, H: int, W: int | None = None) -> int:
         "Side of the crop for H x W images (square if W is None): a fraction of the shorter side, so it always fits."
         return max(int(round(self.crop_frac * min(H, W or H))), 1)
     def crop(self, img, mask):
         "The crops the critic sees: B x C x s x s."
         s = self.crop_size(*img.shape[-2:])
-        return crop_boxes(img, hole_boxes(mask, s), s)
+        return crop_boxes(img, hole_boxes(mask, s, self.centre), s)
     def forward(self, img, mask): return self.net(self.crop(img, mask))
 
 # %% ../../nbs/05_models.discriminators.ipynb #24de5d46

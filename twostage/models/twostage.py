@@ -14,7 +14,7 @@ from ..attention import ATTENTION
 from ..layers import NORMS, count_params
 from .coarse import ATTN_PLACES, PREFILLS, CoarseGenerator
 from .fine import FineNet
-from .discriminators import PatchDiscriminator, LocalDiscriminator, RelativisticDiscriminator
+from .discriminators import PatchDiscriminator, LocalDiscriminator, RelativisticDiscriminator, LOCAL_CENTRES
 
 # %% auto #0
 __all__ = ['LATER_FIELDS', 'STAGE2_FIELDS', 'SIZE_FIELDS', 'PAPER_CFG', 'LITE_CFG', 'TINY_CFG', 'STAGES', 'TRAINING_STAGES',
@@ -23,7 +23,7 @@ __all__ = ['LATER_FIELDS', 'STAGE2_FIELDS', 'SIZE_FIELDS', 'PAPER_CFG', 'LITE_CF
            'save_architecture']
 
 # %% ../../nbs/08_models.twostage.ipynb #854f5268
-LATER_FIELDS = {'coarse_prefill': 'none'}   # field -> default; left out of hashes at the default
+LATER_FIELDS = {'coarse_prefill': 'none', 'local_centre': 'box'}   # field -> default; left out of hashes at the default
 
 def _role(default, stage: int, size: bool):
     return field(default=default, metadata={'stage': stage, 'size': size})
@@ -60,7 +60,8 @@ class ModelCfg:
     disc_base: int = both_stages(64, size=True)         # discriminator width of the first layer
     disc_layers: int = both_stages(4, size=True)        # stride-2 layers of every discriminator
     local_disc: bool = stage1(True)                     # stage 1 has a local discriminator besides the global one
-    local_crop: float = stage1(0.5)                     # local crop side as a fraction of the image side
+    local_crop: float = stage1(0.5)                     # local crop side as a fraction of the image's shorter side
+    local_centre: str = stage1('box')                   # local crop centred on the hole's bounding box ('box') or on one of its pixels ('pixel', not the paper's)
     relativistic: bool = stage2(True)                   # stage 2 discriminator is relativistic (RaGAN)
     spectral_norm: bool = both_stages(True)             # spectral norm in every discriminator
 
@@ -74,6 +75,7 @@ class ModelCfg:
         if bad: raise ValueError(f"coarse_attn_at: unknown place(s) {bad}; valid: {ATTN_PLACES}")
         if self.coarse_prefill not in PREFILLS: raise ValueError(f"coarse_prefill: unknown {self.coarse_prefill!r}; valid: {PREFILLS}")
         if not 0 < self.local_crop <= 1: raise ValueError(f"local_crop must be in (0, 1], got {self.local_crop}")
+        if self.local_centre not in LOCAL_CENTRES: raise ValueError(f"local_centre: unknown {self.local_centre!r}; valid: {LOCAL_CENTRES}")
 
     def to_dict(self) -> dict:
         "Plain dict (tuples become lists, as in JSON)."
@@ -156,7 +158,7 @@ def build_discriminators(cfg: ModelCfg = PAPER_CFG) -> nn.ModuleDict:
     "Discriminators: 'global' (+ 'local' if `cfg.local_disc`) for stage 1, 'fine' (relativistic if `cfg.relativistic`) for stage 2."
     patch = lambda: PatchDiscriminator(3, cfg.disc_base, cfg.disc_layers, cfg.spectral_norm)
     d = {'global': patch()}
-    if cfg.local_disc: d['local'] = LocalDiscriminator(cfg.local_crop, 3, cfg.disc_base, cfg.disc_layers, cfg.spectral_norm)
+    if cfg.local_disc: d['local'] = LocalDiscriminator(cfg.local_crop, 3, cfg.disc_base, cfg.disc_layers, cfg.spectral_norm, centre=cfg.local_centre)
     d['fine'] = RelativisticDiscriminator(patch()) if cfg.relativistic else patch()
     return nn.ModuleDict(d)
 
