@@ -126,3 +126,16 @@ def test_train_experiment_honours_its_first_stages_and_refuses_others(tmp_path):
         train_experiment(full, SMOKE, data=faces, runs=runs, progress=False, stages=('fine',))
     both = train_experiment(full, SMOKE, data=faces, runs=runs, progress=False)
     assert both['coarse'] == ck['coarse'] and read_record(both['fine'].parent)['stage'] == 'fine'
+
+
+def test_the_protocol_key_names_the_faces(tmp_path):
+    "Two face folders give two protocol keys, so a cached score of one is never read for the other (peers, models, bootstrap)."
+    from PIL import Image
+    from twostage.reproduce import _setup_protocol
+    prof, keys = get_profile('smoke'), []
+    for k in range(2):
+        d = tmp_path / f'faces{k}'; d.mkdir()
+        for i in range(60): Image.fromarray(np.full((40, 40, 3), (i * 4 + k) % 256, np.uint8)).save(d / f'{k}_{i:03d}.png')
+        keys.append(_setup_protocol(prof, d, tmp_path / 'out', log=lambda *a: None)[-1])
+    assert keys[0] != keys[1]
+    assert _setup_protocol(prof, tmp_path / 'faces0', tmp_path / 'out', log=lambda *a: None)[-1] == keys[0]   # the same faces: the same key

@@ -12,8 +12,8 @@ from .runtime import cpu_capability, native_bf16, cpu_name
 from .models.twostage import ModelCfg, PAPER_CFG, LITE_CFG, TINY_CFG, STAGES, build_model
 
 # %% auto #0
-__all__ = ['STDOUT', 'PRESETS', 'TRAIN_VARIANTS', 'FILLS', 'bench_forward', 'bench_train_step', 'train_table', 'profile_table',
-           'recipe_table', 'fill_table', 'screen_table', 'outside_table', 'forward_table', 'main']
+__all__ = ['STDOUT', 'PRESETS', 'TRAIN_VARIANTS', 'SCREEN_MASK_SEED', 'FILLS', 'bench_forward', 'bench_train_step', 'train_table',
+           'profile_table', 'recipe_table', 'fill_table', 'screen_table', 'outside_table', 'forward_table', 'main']
 
 # %% ../nbs/90_bench.ipynb #48c6bf5a
 class _Stdout:
@@ -152,12 +152,18 @@ def profile_table(profiles=('release', 'release_cpu'), # profile names or `twost
     return rows
 
 # %% ../nbs/90_bench.ipynb #a8969783
+SCREEN_MASK_SEED = 1   # the screens' masks: another draw than the evaluation's (seed 0)
+
 def _protocol(P, faces, n_faces, families, runs, perceptual):
-    "A profile's test faces and saved masks for a screen, and its perceptual metric (True: the default one) with its column name."
-    from twostage.core import runs_dir
+    "A screen's faces (validation faces past the edge blend's, never a test face) and saved masks, and its perceptual metric (True: the default one) with its column name."
+    from twostage.core import runs_dir, UserError
     from twostage.evaluate import eval_faces, eval_masks, load_images
-    images = {'all': load_images(eval_faces(faces, n_faces, 0)['all'], P.train.size)}
-    masks = eval_masks(P.train.size, families, n_faces, root=runs_dir(runs) / P.name)
+    pool = faces.val.iloc[P.blend_val:]   # the first `blend_val` choose a release's edge blend
+    if len(pool) < n_faces:
+        raise UserError(f"a screen of {n_faces} faces needs that many validation faces past the edge blend's {P.blend_val}; "
+                        f"{faces.root} has {len(pool)}: pass --n-faces {len(pool)} or fewer")
+    images = {'all': load_images(pool.iloc[:n_faces], P.train.size, what='validation faces')}
+    masks = eval_masks(P.train.size, families, n_faces, root=runs_dir(runs) / P.name, seed=SCREEN_MASK_SEED)
     if perceptual is True:
         from twostage.metrics import build_perceptual_metric
         perceptual = build_perceptual_metric()
@@ -175,7 +181,7 @@ def _line(name, rows, pname, digits=3, width=16) -> str:
 def recipe_table(variants=('profile', 'batch_norm', 'lr_2e-4', 'constant_lr', 'l1_no_gan'), # keys of `experiments.RECIPES`
                  profile='cpu',      # a profile name or `twostage.experiments.Profile`
                  steps: int = 1500,  # stage-1 steps per variant (0: the untrained model, for a residual prefill its fill alone)
-                 n_faces: int = 60,  # test faces per mask family
+                 n_faces: int = 60,  # validation faces per mask family (`_protocol`)
                  families=('thin', 'medium', 'thick', 'center'),
                  peer: str | None = 'biharmonic', # a classical method scored beside the variants (None: none)
                  data=None, runs=None, device=None, out=STDOUT,
@@ -226,7 +232,7 @@ FILLS = {   # name -> fill(x, mask): the smooth fills a prefill starts from (`tw
 }
 
 def fill_table(profile='release',    # a profile name or `twostage.experiments.Profile`
-               n_faces: int = 60,    # test faces per mask family
+               n_faces: int = 60,    # validation faces per mask family (`_protocol`)
                families=('thin', 'medium', 'thick', 'center'),
                fills=('biharmonic_cg', 'biharmonic_jacobi', 'harmonic'), # see `FILLS`
                peers=('biharmonic',), # classical methods scored beside them (`peers.PEERS`)
@@ -290,7 +296,8 @@ def screen_table(weights: dict,           # name -> 'shipped', a release .safete
     P = get_profile(profile) if isinstance(profile, str) else profile
     cands = {n: _screen_model(s, device) for n, s in weights.items()}   # missing weights: refused before reading any face
     faces = P.faces(data); val = faces.val
-    gl = glasses(val); others = val.iloc[P.blend_val:]; others = others[~others.index.isin(gl.index)].iloc[:n_faces]
+    pool = val.iloc[P.blend_val:]   # past the faces the edge blend was chosen on, for both subsets
+    gl = glasses(pool); others = pool[~pool.eyeglasses.astype(bool)].iloc[:n_faces]   # no face in both subsets
     if not len(others): raise UserError(f"screen: no validation faces past the first {P.blend_val} (the edge blend's) in {faces.root}")
     perc = build_perceptual_metric() if perceptual is True else perceptual
     shipped = read_release_record().get('blend') if blend else None   # the shipped edge blend's parameters, when it has one

@@ -180,7 +180,13 @@ def eval_main(argv=None):
     if size % k: raise UserError(f"--size {size}: this model needs a multiple of {k}, e.g. {-(-size // k) * k}")
     if a.faces:
         df = _faces_or_say(lambda: folder_faces(a.faces, a.n_faces)); picks, split = {'all': df}, df.attrs['split']
-        _note(f"faces: {len(df)} from {df.attrs['root']} ({'its test partition' if split == 'test' else 'every image of the folder'}"
+        held = "its test partition"
+        if split == 'test' and not prof.follow_partition:   # CelebA's partition is not this profile's split: its test faces include training faces
+            t = _faces_or_say(lambda: prof.faces(a.faces)).test
+            df = t.sort_values('id' if 'id' in t else 'path').reset_index(drop=True)
+            df = df.head(a.n_faces) if a.n_faces else df; picks = {'all': df}
+            held = f"the {prof.name} profile's held-out faces (its split by a hash of the id, as it trained; not CelebA's partition, which holds faces it trained on)"
+        _note(f"faces: {len(df)} from {Path(a.faces).resolve()} ({held if split == 'test' else 'every image of the folder'}"
               f"{', the first ' + str(a.n_faces) if a.n_faces else ''})")
     else:
         faces = _faces_or_say(lambda: prof.faces(a.data))

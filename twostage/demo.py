@@ -39,13 +39,13 @@ def find_checkpoints(runs=None) -> pd.DataFrame:
 _FACES = {}
 
 def _faces(data=None, seed: int = 0, release: bool = False):
-    "The indexed face collection (cached per folder); `release`: split as the release model was (its test faces are held out)."
+    "The indexed face collection (cached per folder), split as the profiles split it (a hash of the id, not CelebA's partition), so a test face is held out of every `cpu` and release run; `release`: also the release's 128 px floor."
     from twostage.data import load_faces, FaceData, keep_min_side
     if isinstance(data, FaceData): return data
     k = (str(data), seed, release)
     if k not in _FACES:
         _FACES[k] = (keep_min_side(load_faces(data, size=128, seed=seed, follow_partition=False), 128) if release
-                     else load_faces(data, seed=seed))
+                     else load_faces(data, seed=seed, follow_partition=False))   # the `cpu` profile's split; CelebA's partition holds its training faces
     return _FACES[k]
 
 def release_available() -> bool:

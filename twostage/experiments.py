@@ -125,6 +125,9 @@ RECIPES = {r.row: r for r in (   # short stage-1 runs of a profile's full model 
     _recipe('adv_warmup', 'no adversarial term in the first 300 steps', train=dict(adv_warmup=300)),
     _recipe('local_pixel', "the local critic's crop centred on a hole pixel instead of the hole's bounding box (`ModelCfg.local_centre`)",
             model=dict(local_centre='pixel')),
+    # the same two with another training seed (initialisation, batches, masks; the faces and the split are the profile's): their noise
+    _recipe('profile_seed1', "the profile's own recipe, training seed 1", train=dict(seed=1)),
+    _recipe('local_pixel_seed1', 'local_pixel, training seed 1', model=dict(local_centre='pixel'), train=dict(seed=1)),
     _recipe('ema', "a moving average of the generator's weights (decay 0.995, as StyleGAN's G_ema), scored in place of the last weights",
             train=dict(ema=0.995)),   # the average keeps 0.995 ** steps of the untrained weights: 0.05 % after 1,500 steps
     # a 64 px step of the release model costs about a third of a 128 px one (0.21 against 0.64 s, fp32 + channels_last, batch 8,

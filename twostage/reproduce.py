@@ -79,7 +79,8 @@ def _release_blend(model, prof: Profile, faces, res_dir: Path, figs: Path, key: 
     n = min(prof.blend_val, len(faces.val))
     if not n: raise ValueError("a release run chooses its edge blend on validation faces, and this data has none")
     peers = ('biharmonic', 'telea', 'navier_stokes')   # the goal's peers, whichever the profile's tables show
-    what = [list(prof.families), [list(g) for g in BLEND_GRID], n, list(peers), perc.name if perc else None, 'cg fill', 'hole-share buckets']
+    what = [list(prof.families), [list(g) for g in BLEND_GRID], n, list(peers), perc.name if perc else None, 'cg fill', 'hole-share buckets',
+            f'peers v{PEER_VERSION}', stable_hash(faces.val.iloc[:n]['id'].astype(str).tolist())]   # the validation faces themselves
     cache = res_dir / f'blend-{key}-{stable_hash(what)}.json'
     cached = cache.exists()
     if cached:
@@ -107,11 +108,13 @@ def _setup_protocol(prof: Profile, data, out_root: Path, log=print):
     log(f"[data] {faces!r}")
     masks = eval_masks(size, prof.families, max(prof.n_test, prof.n_glasses), root=out_root)
     log(f"[masks] evaluation masks: {masks}")
-    sets = {k: load_images(v, size) for k, v in eval_faces(faces, prof.n_test, prof.n_glasses).items()}
+    picks = eval_faces(faces, prof.n_test, prof.n_glasses)
+    sets = {k: load_images(v, size) for k, v in picks.items()}
     log(f"[protocol] " + ', '.join(f"{k}: {len(v)} faces" for k, v in sets.items()) + f" x families {', '.join(prof.families)}")
     perc = build_perceptual_metric()
     log(f"[metrics] psnr, ssim, hole_psnr, hole_l1, {perc.name}")
-    return faces, masks, sets, perc, stable_hash([_protocol(prof, size), perc.name])
+    which = stable_hash({k: v['id'].astype(str).tolist() for k, v in picks.items()})   # the faces themselves: other faces, other key
+    return faces, masks, sets, perc, stable_hash([_protocol(prof, size), perc.name, which])
 
 def _eyeframe_protocol(prof: Profile, sets: dict, out_root: Path, perc, log=print) -> dict:
     "The glasses claim's protocol: eye-frame holes (part of the frames stays visible) on the faces with eyeglasses only."
@@ -535,7 +538,7 @@ def _training_facts(profile: Profile, ckpt: dict, faces) -> dict:
     return {
         'profile': profile.name,
         'data': {'root': str(faces.root), 'train_faces': len(faces.train), 'val_faces': len(faces.val), 'test_faces': len(faces.test),
-                 'min_side': profile.min_side, 'split': 'CelebA partition' if profile.follow_partition else 'hash of the image id (seed 0)'},
+                 'min_side': profile.min_side, 'split': 'CelebA partition' if profile.follow_partition else f'hash of the image id (seed {profile.train.seed})'},
         'steps': {'coarse': tc.steps_coarse, 'fine': tc.steps_fine, 'batch_size': tc.batch_size, 'size': tc.size},
         'train_seconds': {st: round(_train_seconds(Path(p).parent / 'losses.csv'), 1) for st, p in ckpt.items()},
         'machine': {'training': {st: _run_record(p) for st, p in ckpt.items()}},

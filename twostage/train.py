@@ -388,7 +388,8 @@ def state_dict(self):
             **({'model_ema': self.model_ema.state_dict()} if self.model_ema is not None else {}),
             'rng': _rng_state(), 'model_cfg': self.mcfg.to_dict(), 'loss_cfg': self.lcfg.to_dict(),
             'train_cfg': self.tcfg.to_dict(), 'precision_choice': self.precision_choice.to_dict(), 'threads': torch.get_num_threads(),
-            'data': self.data_info, 'code_version': code_version()}
+            'data': self.data_info, 'code_version': code_version(),
+            'perceptual_trunk': getattr(self.vgg, 'source', None)}   # which VGG16 weights the perceptual and style terms used
 
 @patch_to(Trainer)
 def save(self, name='last.pt', sync: bool = False):
@@ -492,7 +493,8 @@ def _fit(self, resume, until):
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write(self.out / 'train_cfg.json', lambda p: Path(p).write_text(json.dumps(
             {'stage': self.stage, 'model': self.mcfg.to_dict(), 'loss': self.lcfg.to_dict(), 'train': self.tcfg.to_dict(),
-             'precision_choice': self.precision_choice.to_dict(), 'data': self.data_info}, indent=1)))
+             'precision_choice': self.precision_choice.to_dict(), 'data': self.data_info,
+             'perceptual_trunk': getattr(self.vgg, 'source', None)}, indent=1)))
     if self.step >= stop: return last
     logf = self.out / 'losses.csv'
     if self.rank == 0 and logf.exists():   # drop rows past the checkpoint (they are re-run identically)
