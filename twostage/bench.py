@@ -158,10 +158,13 @@ def _protocol(P, faces, n_faces, families, runs, perceptual):
     "A screen's faces (validation faces past the edge blend's, never a test face) and saved masks, and its perceptual metric (True: the default one) with its column name."
     from twostage.core import runs_dir, UserError
     from twostage.evaluate import eval_faces, eval_masks, load_images
-    pool = faces.val.iloc[P.blend_val:]   # the first `blend_val` choose a release's edge blend
+    from twostage.experiments import RELEASE_PROFILES
+    # past the first `blend_val` (a release chooses its edge blend on them), where the folder has enough; a release always
+    skip = P.blend_val if P.name in RELEASE_PROFILES or len(faces.val) >= P.blend_val + n_faces else 0
+    pool = faces.val.iloc[skip:]
     if len(pool) < n_faces:
-        raise UserError(f"a screen of {n_faces} faces needs that many validation faces past the edge blend's {P.blend_val}; "
-                        f"{faces.root} has {len(pool)}: pass --n-faces {len(pool)} or fewer")
+        raise UserError(f"a screen of {n_faces} faces needs that many validation faces" + (f" past the edge blend's {skip}" if skip else '')
+                        + f"; {faces.root} has {len(pool)}: pass --n-faces {len(pool)} or fewer")
     images = {'all': load_images(pool.iloc[:n_faces], P.train.size, what='validation faces')}
     masks = eval_masks(P.train.size, families, n_faces, root=runs_dir(runs) / P.name, seed=SCREEN_MASK_SEED)
     if perceptual is True:
