@@ -139,3 +139,16 @@ def test_the_protocol_key_names_the_faces(tmp_path):
         keys.append(_setup_protocol(prof, d, tmp_path / 'out', log=lambda *a: None)[-1])
     assert keys[0] != keys[1]
     assert _setup_protocol(prof, tmp_path / 'faces0', tmp_path / 'out', log=lambda *a: None)[-1] == keys[0]   # the same faces: the same key
+
+
+def test_a_cached_score_without_its_per_face_file_is_scored_again(tmp_path):
+    "A results summary is read from its cache only with its per-face scores beside it (the intervals need them)."
+    from twostage.reproduce import _cached_eval, _per_image_path
+    p, calls = tmp_path / 'r.csv', []
+    per = lambda: (calls.append(1), pd.DataFrame({'x': [1.0, 2.0]}))[1]
+    make = lambda df: pd.DataFrame({'v': [df.x.sum()]})
+    (_, c1), (_, c2) = _cached_eval(p, make, per), _cached_eval(p, make, per)
+    assert (c1, c2, len(calls)) == (False, True, 1)
+    _per_image_path(p).unlink()
+    r3, c3 = _cached_eval(p, make, per)
+    assert (c3, len(calls), r3.v.item()) == (False, 2, 3.0) and _per_image_path(p).exists()

@@ -64,7 +64,8 @@ def _protocol(profile: Profile, size: int) -> dict:
 
 def _cached_eval(path: Path, make, per_image=None):
     "Read a results CSV if present, else compute it with `make()` and write it atomically (and `per_image()` beside it)."
-    if path.exists(): return pd.read_csv(path), True
+    if path.exists() and (per_image is None or _per_image_path(path).exists()): return pd.read_csv(path), True
+    # a summary whose per-face file is gone is scored again: every interval of the tables needs the per-face scores
     if per_image is not None:   # per-face metrics, kept for paired bootstrap intervals (twostage.tables.paired_bootstrap)
         per = per_image(); pp = _per_image_path(path)
         atomic_write(pp, lambda p: per.to_csv(p, index=False)); make_ = lambda: make(per)
