@@ -37,13 +37,7 @@ def _hole():
     m = np.zeros((60, 80), np.uint8); m[20:40, 30:50] = 255; return m
 
 
-def _run(main, argv, capsys):
-    "(exit status, stderr lines) of an in-process run of a console entry point; never a traceback."
-    try: code = main([str(a) for a in argv])
-    except SystemExit as e: code = e.code
-    err = capsys.readouterr().err
-    assert 'Traceback' not in err, err
-    return code, [l for l in err.splitlines() if l.strip()]
+from conftest import run_cli as _run   # (exit status, stderr lines), never a traceback
 
 
 def _one(ws, out, *extra):

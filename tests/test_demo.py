@@ -159,10 +159,7 @@ def test_demo_faces_are_split_as_the_profiles_split(tmp_path):
     "The demo's test faces are the cpu profile's held-out faces, not CelebA's partition (which holds faces the profiles train on)."
     from twostage.demo import _faces
     from twostage.experiments import get_profile
-    d = tmp_path / 'celeba'; (d / 'img').mkdir(parents=True)
-    names = [f'{i:06d}.jpg' for i in range(1, 81)]
-    for i, n in enumerate(names): Image.fromarray(np.full((40, 40, 3), i, np.uint8)).save(d / 'img' / n)
-    (d / 'list_eval_partition.txt').write_text(''.join(f'{n} 2\n' for n in names))
-    (d / 'list_attr_celeba.txt').write_text(f'{len(names)}\nEyeglasses Smiling\n' + ''.join(f'{n} -1 1\n' for n in names))
+    from conftest import celeba_test_partition
+    d = tmp_path / 'celeba'; names = celeba_test_partition(d, 80)
     demo_test = set(_faces(d).test.path)
     assert demo_test == set(get_profile('cpu').faces(d).test.path) and 0 < len(demo_test) < len(names)

@@ -135,12 +135,8 @@ def test_eval_cli_saved_set_and_bad_folders(face_dir, ckpt, tmp_path):
 def test_eval_of_a_celeba_folder_scores_the_profile_s_held_out_faces(mask_dir, ckpt, tmp_path):
     "A CelebA folder's official test partition is not the split of a profile that hashes ids: eval takes the profile's own test faces."
     from twostage.experiments import get_profile
-    d = tmp_path / 'celeba'; (d / 'img').mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    names = [f'{i:06d}.jpg' for i in range(1, 121)]
-    for n in names: Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(d / 'img' / n)
-    (d / 'list_eval_partition.txt').write_text(''.join(f'{n} 2\n' for n in names))   # every face in CelebA's test partition
-    (d / 'list_attr_celeba.txt').write_text(f'{len(names)}\nEyeglasses Smiling\n' + ''.join(f'{n} -1 1\n' for n in names))
+    from conftest import celeba_test_partition
+    d = tmp_path / 'celeba'; names = celeba_test_partition(d, 120, pixels=lambda i: 2 * i)   # every face in CelebA's test partition
     prof = get_profile('smoke')
     held = set(prof.faces(d).test.path.map(lambda p: Path(p).name))
     assert 0 < len(held) < len(names)

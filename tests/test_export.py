@@ -190,12 +190,9 @@ def test_inpaint_backend_onnxruntime_matches_torch(tmp_path, monkeypatch):
 
 def _inpaint(argv, capsys):
     "(exit status, stderr lines) of twostage-inpaint; never a traceback."
+    from conftest import run_cli
     from twostage.commands import inpaint_main
-    try: code = inpaint_main([str(a) for a in argv])
-    except SystemExit as e: code = e.code
-    err = capsys.readouterr().err
-    assert 'Traceback' not in err, err
-    return code, [l for l in err.splitlines() if l.strip()]
+    return run_cli(inpaint_main, argv, capsys)
 
 
 @pytest.fixture
