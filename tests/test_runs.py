@@ -129,3 +129,21 @@ def test_train_user_mistakes(tmp_path, capsys, argv, says):
     assert code == 2 and 'Traceback' not in err, err
     assert lines[0].startswith('twostage-train: error: ') and says in lines[0], lines
     assert not list((tmp_path / 'R').rglob('*.pt'))   # nothing trained
+
+
+def test_perceptual_trunk_is_part_of_the_key(tmp_path, monkeypatch):
+    "ImageNet VGG16 weights appearing in the torch hub cache make other runs: none resumes or reuses one trained on the ST-LPIPS trunk."
+    from twostage.experiments import plan_experiment, perceptual_trunk
+    from twostage.losses import LossCfg
+    p = get_profile('smoke')
+    faces = p.faces(_faces(tmp_path / 'f', 12, 0))
+    exp = EXPERIMENTS['t6_row9']
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))   # an empty hub cache: the ST-LPIPS trunk
+    assert perceptual_trunk(p.loss_cfg(exp)) == 'stlpips'
+    before = plan_experiment(exp, p, faces, runs=tmp_path / 'R', log=None)
+    (tmp_path / 'torch' / 'hub' / 'checkpoints').mkdir(parents=True)
+    (tmp_path / 'torch' / 'hub' / 'checkpoints' / 'vgg16-397923af.pth').touch()   # located, never loaded, by the key
+    assert perceptual_trunk(p.loss_cfg(exp)) == 'imagenet'
+    after = plan_experiment(exp, p, faces, runs=tmp_path / 'R', log=None)
+    assert all(before[st][2] != after[st][2] and before[st][0] != after[st][0] for st in exp.stages)
+    assert perceptual_trunk(LossCfg(perceptual=0., style=0.)) is None   # no VGG terms: no trunk, no entry

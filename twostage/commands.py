@@ -12,13 +12,82 @@ import torch
 from .core import UserError, check_device, atomic_write
 from .runs import read_record
 from .cli import guard
-from .inpaint import (_backend, _check_backend, _check_single, _onnx_inpainter, _resolve_checkpoint, inpaint_folder,
-                              inpaint_image, load_inpainter, plan_folder, save_image)
+from .inpaint import (RELEASE, _same, _size_for, inpaint_folder, inpaint_image, load_inpainter, out_format,
+                              plan_folder, save_image)
 from .evaluate import (MASK_POLARITY, _check_new_file, _note, build_perceptual_metric, eval_faces, eval_masks, load_images,
                                eval_stage, evaluate, folder_faces, mask_source, model_fn, read_mask_folder, summarise)
 
 # %% auto #0
 __all__ = ['inpaint_main', 'experiment_name', 'eval_main']
+
+# %% ../nbs/25_commands.ipynb #cb07ba54
+def _resolve_checkpoint(a):
+    "The checkpoint to load for parsed arguments `a`: `--checkpoint`, else the shipped release weights (said on stderr)."
+    if a.checkpoint: return Path(a.checkpoint)
+    from twostage.release import release_paths
+    blend = '' if getattr(a, 'no_blend', False) else ', with its edge blend'
+    print(f"twostage-inpaint: no --checkpoint given: using the shipped release model ({release_paths()[0].name}, "
+          f"128 px{blend}, see the model card in the README)", file=sys.stderr)
+    return RELEASE
+
+def _check_backend(a):
+    "Settle `--backend` (`--onnx FILE` implies onnxruntime) and refuse, before anything is loaded, flags that contradict `--onnx`."
+    if a.onnx:
+        if a.backend == 'torch': raise UserError(f"--onnx {a.onnx} runs in onnxruntime, not --backend torch: drop one of them")
+        if a.checkpoint: raise UserError(f"--onnx {a.onnx} is the model to run, so --checkpoint {a.checkpoint} would be ignored: give one of them")
+        if not Path(a.onnx).is_file(): raise UserError(f"--onnx {a.onnx}: no such file" + (' (it is a folder)' if Path(a.onnx).is_dir() else ''))
+    a.backend = a.backend or ('onnxruntime' if a.onnx else 'torch')
+
+def _need_onnxruntime():
+    try: import onnxruntime  # noqa: F401
+    except ImportError: raise UserError("--backend onnxruntime needs onnxruntime: pip install 'twostage[onnx]'") from None
+
+def _onnx_inpainter(a, model_cfg=None):
+    "The `--onnx` file as the model (`twostage.export.OnnxInpainter`), checked against the flags and announced on stderr."
+    _need_onnxruntime()
+    from twostage.export import load_onnx
+    inp, f = load_onnx(a.onnx), a.onnx                  # a file onnxruntime cannot read: UserError
+    blend = inp.meta.get('blend', '')
+    if getattr(a, 'no_blend', False) and blend:
+        raise UserError(f"--no-blend, but {f} has the edge blend built in (its metadata records it); drop --no-blend, "
+                        "or run the network alone without --onnx (the shipped model with --no-blend)")
+    if a.stage == 'coarse' and inp.stage != 'coarse':
+        raise UserError(f"--stage coarse, but {f} holds stage {inp.stage!r}; export it with twostage-export --stage coarse, or drop --stage")
+    if a.size and inp.size and _size_for(inp, a.size) != inp.size:
+        raise UserError(f"--size {a.size}, but {f} was exported for {inp.size} x {inp.size} images; drop --size, or export "
+                        f"again with --size {a.size} (or --dynamic-size)")
+    if model_cfg is not None and inp.model_cfg != model_cfg:
+        raise UserError(f"{f} is not the requested experiment's model configuration"
+                        + ('' if inp.model_cfg else " (its metadata records none)"))
+    side = f"any multiple of {inp.multiple} px, run at {inp.train_size}" if inp.dynamic_size else f"{inp.size} px"
+    print(f"twostage-inpaint: running {f} in onnxruntime (its metadata: {side}, stage {inp.stage}, "
+          f"{'with an edge blend' if blend else 'no edge blend'}, exported by twostage {inp.meta.get('version', '?')}, "
+          f"opset {inp.meta.get('opset', '?')})", file=sys.stderr)
+    return inp
+
+def _backend(model, a):
+    "The model itself (torch), or an onnxruntime session of it exported now to a temporary folder, deleted once the session is made."
+    if a.backend == 'torch': return model
+    _need_onnxruntime()
+    from twostage.export import export_onnx, load_onnx
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix='twostage-onnx-') as d:   # the session reads the whole file when it is made
+        return load_onnx(export_onnx(model, Path(d) / 'model.onnx', _size_for(model, a.size), stage=a.stage))
+
+def _check_single(a):
+    "Refuse, before anything is loaded, a single-photo run that lacks an input or would overwrite a file."
+    for flag, p in (('--image', a.image), ('--mask', a.mask)):
+        if not Path(p).exists(): raise FileNotFoundError(f"{flag} {p}: no such file")
+        if Path(p).is_dir(): raise UserError(f"{flag} {p} is a folder; for folders use --images and --masks")
+    out = Path(a.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name, e.g. --out {out / (Path(a.image).stem + '_inpainted.png')}")
+    for flag, p in (('--image', a.image), ('--mask', a.mask)):
+        if _same(out, p): raise UserError(f"--out {out} is the {flag} file: refusing to overwrite an input; choose another file name")
+    out_format(out)
+    if out.exists() and not a.overwrite:
+        raise UserError(f"--out {out} already exists; pass --overwrite to replace it, or choose another file name")
+    return out
 
 # %% ../nbs/25_commands.ipynb #aca713bd
 @guard('twostage-inpaint')

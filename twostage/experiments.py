@@ -25,8 +25,8 @@ from .train import maybe_init_distributed
 # %% auto #0
 __all__ = ['FULL', 'FULL_LOSS', 'TABLE6_ROWS', 'TABLE6', 'STAGE1', 'SEED_ROWS', 'SEEDS', 'STAGE2_STUDY', 'LONG_STAGE2',
            'LONG_ROWS', 'RECIPES', 'EXPERIMENTS', 'SMOKE_SIZES', 'CPU_CFG', 'RELEASE_CFG', 'RELEASE_LOSS', 'PROFILES',
-           'RELEASE_PROFILES', 'Experiment', 'get_experiment', 'Profile', 'get_profile', 'stage_keys', 'data_id',
-           'plan_experiment', 'train_experiment', 'main']
+           'RELEASE_PROFILES', 'Experiment', 'get_experiment', 'Profile', 'get_profile', 'perceptual_trunk',
+           'trunk_key', 'stage_keys', 'data_id', 'plan_experiment', 'train_experiment', 'main']
 
 # %% ../nbs/15_experiments.ipynb #a9c4c1c9
 FULL = PAPER_CFG
@@ -162,6 +162,9 @@ RECIPES = {r.row: r for r in (   # short stage-1 runs of a profile's full model 
             model=dict(coarse_prefill='biharmonic_input'), loss=dict(hole_norm='image')),
     _recipe('biharmonic_perceptual_per_image', 'the biharmonic residual on the L1 and perceptual terms (no style, no adversarial '
             'term), the hole L1 per image', model=_BIHARMONIC, loss=dict(style=0., adversarial=0., hole_norm='image')),
+    # a release choice undone, one at a time: the screen of its choices on validation faces (`nbs/release_record.ipynb`)
+    _recipe('no_prefill', "the paper's input: the U-Net sees the holes at 0, no smooth fill", model=dict(coarse_prefill='none')),
+    _recipe('hole_pixels', "PConv's hole L1 (a mean over all pixels, `LossCfg.hole_norm='pixels'`)", loss=dict(hole_norm='pixels')),
 )}
 EXPERIMENTS = {e.name: e for e in TABLE6 + STAGE1 + SEEDS + STAGE2_STUDY}
 EXPERIMENTS['full'] = TABLE6[-1]
@@ -268,12 +271,26 @@ def get_profile(name: str) -> Profile:
     return PROFILES[name]
 
 # %% ../nbs/15_experiments.ipynb #03bd750f
-def stage_keys(mcfg: ModelCfg, lcfg: LossCfg, tcfg: TrainCfg, data_id: str) -> dict:
+def perceptual_trunk(lcfg: LossCfg) -> str | None:
+    "The VGG16 weights a run with this loss would train against here: 'imagenet' or 'stlpips' (`weights.locate_backbone`); None without VGG terms."
+    if not (lcfg.perceptual > 0 or lcfg.style > 0): return None
+    from twostage.weights import locate_backbone
+    return locate_backbone('vgg16')[0]
+
+def trunk_key(trunk: str | None) -> list:
+    "What the perceptual trunk adds to a cache key: ImageNet weights their own entry; the ST-LPIPS trunk, which trained every committed run, nothing (their keys stay valid)."
+    return [{'vgg_trunk': trunk}] if trunk == 'imagenet' else []
+
+def stage_keys(mcfg: ModelCfg, lcfg: LossCfg, tcfg: TrainCfg, data_id: str,
+               trunk: str | None = None, # `perceptual_trunk(lcfg)`: ImageNet VGG16 weights make a run of their own
+              ) -> dict:
     "The cache keys of both stages of a run."
     m = mcfg.key_dict(); t = tcfg.key_dict()
     s1 = {k: v for k, v in m.items() if k not in STAGE2_FIELDS}
     t1 = {k: v for k, v in t.items() if k not in STAGE2_TRAIN_FIELDS}   # what stage 1 never sees
-    k1 = stable_hash(['stage1', s1, lcfg.to_dict(), t1, data_id])
+    # with ImageNet weights in the torch hub cache the perceptual and style terms differ: such a run never resumes or reuses
+    # one trained against the ST-LPIPS trunk, nor the other way round
+    k1 = stable_hash(['stage1', s1, lcfg.to_dict(), t1, data_id] + trunk_key(trunk))
     k2 = stable_hash(['stage2', k1, {k: m[k] for k in STAGE2_FIELDS if k in m}, t['steps_fine'], t['steps_joint']]
                      + ([t['fine_seed']] if 'fine_seed' in t else [])   # only a non-default seed enters: old keys stay valid
                      + ([s2] if (s2 := {k: t[k] for k in ('lr_g_fine', 'adversarial_fine') if k in t}) else []))
@@ -291,7 +308,7 @@ def plan_experiment(exp: Experiment, profile: Profile, faces, runs=None, device=
     "Stage -> (run folder, steps still to train, key) of an experiment, with the precision resolved for this machine."
     mcfg, lcfg = profile.model_cfg(exp), profile.loss_cfg(exp)
     tcfg, _ = resolve_precision(profile.train_cfg(exp), mcfg, device, log=log, loss_cfg=lcfg)
-    keys = stage_keys(mcfg, lcfg, tcfg, data_id(faces, profile))
+    keys = stage_keys(mcfg, lcfg, tcfg, data_id(faces, profile), perceptual_trunk(lcfg))
     plan = {}
     for st in exp.stages:
         out = run_folder(runs, profile.name, st, keys[st])
@@ -318,7 +335,7 @@ def train_experiment(exp: Experiment, profile: Profile, data=None, runs=None, de
     tcfg, choice = resolve_precision(profile.train_cfg(exp), mcfg, device, log=print if progress else None, loss_cfg=lcfg)
     faces = faces or profile.faces(data)
     did = data_id(faces, profile)
-    keys = stage_keys(mcfg, lcfg, tcfg, did)
+    keys = stage_keys(mcfg, lcfg, tcfg, did, perceptual_trunk(lcfg))
     train_ds = faces.dataset('train', cache=True)
     def record(st, t, out):   # a stage-1 run is shared by several experiments: its record keeps all their names
         if t.rank == 0: write_record(out, {exp.name} | alias, stage=st, key=keys[st], steps=t.step, profile=profile.name,
@@ -363,7 +380,7 @@ def main(argv=None):
         faces = load_faces(a.data, size=tcfg.size, seed=tcfg.seed)
         data = data_fingerprint(faces.df['path'], faces.root)   # the run's identity includes its data
         stages = tuple((a.stages or 'coarse,fine').split(','))
-        key = stable_hash([mcfg.key_dict(), lcfg.to_dict(), tcfg.key_dict(), data, list(stages)])
+        key = stable_hash([mcfg.key_dict(), lcfg.to_dict(), tcfg.key_dict(), data, list(stages)] + trunk_key(perceptual_trunk(lcfg)))
         out = runs_dir(a.out) / f'config-{key}'
         res = train_stages(mcfg, lcfg, tcfg, faces.dataset('train', cache=True), out, stages=stages,
                            val_dataset=faces.dataset('val'), device=a.device, resume=not a.no_resume, data_info=data)

@@ -13,7 +13,7 @@ import torch
 
 from .core import runs_dir, figures_dir, stable_hash, atomic_write, code_version, get_device, seed_everything, UserError, drop_later_defaults
 from .experiments import (TABLE6, TABLE6_ROWS, STAGE1, SEEDS, STAGE2_STUDY, LONG_STAGE2, PROFILES, RELEASE_PROFILES, Experiment, Profile, get_profile, train_experiment, stage_keys,
-                                  data_id, plan_experiment)
+                                  data_id, plan_experiment, perceptual_trunk, trunk_key)
 from .masks import load_eval_masks, IRREGULAR   # IRREGULAR: the stroke and free-form families, holes of every size
 from .runtime import EtaMeter, cpu_capability, cpu_name, choose_precision
 from .train import resolve_precision
@@ -618,7 +618,8 @@ def finetune_shipped(ft: Finetune, profile, data=None, runs=None, device=None,
                  favour_glasses=ft.favour_glasses, ema=ft.ema,
                  precision=prof.train.precision, channels_last=prof.train.channels_last)
     tc, choice = resolve_precision(tc, mc, device, log=log if progress else None, loss_cfg=lc)
-    out = runs_dir(runs) / prof.name / 'finetune' / stable_hash(['finetune', rec['sha256'], ft.key_dict(), tc.key_dict(), did])
+    out = runs_dir(runs) / prof.name / 'finetune' / stable_hash(['finetune', rec['sha256'], ft.key_dict(), tc.key_dict(), did]
+                                                              + trunk_key(perceptual_trunk(lc)))
     out.mkdir(parents=True, exist_ok=True)
     init = out / 'init.pt'
     if not init.exists(): atomic_save(ck, init)   # the weights it starts from, kept: the shipped file is replaced at the end

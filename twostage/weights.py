@@ -14,7 +14,8 @@ log = logging.getLogger('twostage.weights')
 
 # %% auto #0
 __all__ = ['log', 'TORCHVISION_FILES', 'BUNDLED_FILES', 'PREFIX_KEY', 'MissingWeights', 'hub_checkpoint', 'stlpips_dir',
-           'bundled_checkpoint', 'save_trunk_prefix', 'resolve_backbone', 'vgg_layer_names', 'VGGFeatures']
+           'bundled_checkpoint', 'save_trunk_prefix', 'locate_backbone', 'resolve_backbone', 'vgg_layer_names',
+           'VGGFeatures']
 
 # %% ../nbs/09_weights.ipynb #eaf81a29
 TORCHVISION_FILES = {  # backbone -> (file name in the torch hub cache, download URL)
@@ -111,11 +112,11 @@ def _freeze(m: nn.Module) -> nn.Module:
     return m.eval()
 
 # %% ../nbs/09_weights.ipynb #2ce65956
-def resolve_backbone(name: str,           # 'vgg16' or 'alexnet'
-                     path=None,           # explicit checkpoint file; wins over everything else
-                     bundled: bool = True, # allow the ST-LPIPS trunks as a last resort: `TWOSTAGE_WEIGHTS`/<BUNDLED_FILES[name]>, else stlpips_pytorch's
-                    ) -> tuple[nn.Sequential, str]:
-    "The frozen `features` part of a pretrained backbone and a string saying where its weights came from."
+def locate_backbone(name: str,           # 'vgg16' or 'alexnet'
+                    path=None,           # explicit checkpoint file; wins over everything else
+                    bundled: bool = True, # allow the ST-LPIPS trunks as a last resort: `TWOSTAGE_WEIGHTS`/<BUNDLED_FILES[name]>, else stlpips_pytorch's
+                   ) -> tuple[str, Path, str]:
+    "Which weights `resolve_backbone` would load, without loading them: (kind, file, where); kind 'imagenet' (torchvision's format) or 'stlpips'."
     _check_name(name)
     fname, url = TORCHVISION_FILES[name]
     if path is not None:
@@ -128,24 +129,32 @@ def resolve_backbone(name: str,           # 'vgg16' or 'alexnet'
             p = Path(os.environ['TWOSTAGE_WEIGHTS']) / fname
             cands.append((p, f'env:TWOSTAGE_WEIGHTS:{p}'))
     for p, source in cands:
-        if p.exists():
-            feats = _torchvision_features(name, torch.load(p, map_location='cpu', weights_only=True), str(p))
-            log.info('%s weights from %s', name, source)
-            return _freeze(feats), source
+        if p.exists(): return 'imagenet', p, source
     env_st = Path(os.environ['TWOSTAGE_WEIGHTS']) / BUNDLED_FILES[name] if os.environ.get('TWOSTAGE_WEIGHTS') else None
     if path is None and bundled and env_st is not None and env_st.exists():   # a copy (or prefix) of the ST-LPIPS trunk
         p, where = env_st, f'env:TWOSTAGE_WEIGHTS:{env_st}'
     else: p = bundled_checkpoint(name); where = f'stlpips-bundled:{p}'
-    if path is None and bundled and p is not None:
-        source = (f'{where} (shift-tolerant {name} trunk of ST-LPIPS, trained from scratch on BAPPS; '
-                  f'not ImageNet {name})')
-        warnings.warn(f"no ImageNet {name} weights found; using {source}. Results are not comparable with "
-                      f"ImageNet-{name} perceptual losses. For those, download {url} into {hub_checkpoint(name).parent}/")
-        return _freeze(_bundled_features(name, p)), source
+    if path is None and bundled and p is not None: return 'stlpips', p, where
     raise MissingWeights(
         f"no pretrained {name} weights found. Download {url} and put it at {hub_checkpoint(name)} "
         f"(the torch hub cache; set TORCH_HOME to move it), or into the folder named by TWOSTAGE_WEIGHTS, "
         f"or pass path=... . twostage never uses random weights.")
+
+def resolve_backbone(name: str,           # 'vgg16' or 'alexnet'
+                     path=None,           # explicit checkpoint file; wins over everything else
+                     bundled: bool = True, # allow the ST-LPIPS trunks as a last resort (see `locate_backbone`)
+                    ) -> tuple[nn.Sequential, str]:
+    "The frozen `features` part of a pretrained backbone and a string saying where its weights came from."
+    kind, p, where = locate_backbone(name, path, bundled)
+    if kind == 'imagenet':
+        feats = _torchvision_features(name, torch.load(p, map_location='cpu', weights_only=True), str(p))
+        log.info('%s weights from %s', name, where)
+        return _freeze(feats), where
+    source = f'{where} (shift-tolerant {name} trunk of ST-LPIPS, trained from scratch on BAPPS; not ImageNet {name})'
+    warnings.warn(f"no ImageNet {name} weights found; using {source}. Results are not comparable with "
+                  f"ImageNet-{name} perceptual losses. For those, download {TORCHVISION_FILES[name][1]} into "
+                  f"{hub_checkpoint(name).parent}/")
+    return _freeze(_bundled_features(name, p)), source
 
 # %% ../nbs/09_weights.ipynb #4ad6937a
 def vgg_layer_names(features: nn.Sequential) -> list:

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/04_models.coarse.ipynb #93b85c11
 from __future__ import annotations
-import contextlib, functools, warnings
+import contextlib, contextvars, functools, warnings
 from typing import Optional
 import torch
 from torch import nn
@@ -97,18 +97,20 @@ def _scripted_cg_steps():
                       "the ONNX export unrolls it (the same values; a larger file, a slower export)")
         return None
 
-_CG_LOOP = [True]   # in an ONNX export: the steps as one `Loop` (`cg_export_loop`; `twostage.export.export_onnx(loop=...)`)
+# in an ONNX export: the steps as one `Loop` (True) or unrolled; scoped by `cg_export_loop` to one block of one thread or task
+# (a context variable, as torch's grad mode is thread-local), never a setting of the module
+_CG_LOOP = contextvars.ContextVar('twostage_cg_export_loop', default=True)
 
 @contextlib.contextmanager
 def cg_export_loop(on: bool = True):
     "While the block exports: the fills' conjugate-gradient steps as one ONNX `Loop` per pyramid level (True) or unrolled (False)."
-    old, _CG_LOOP[0] = _CG_LOOP[0], bool(on)
+    token = _CG_LOOP.set(bool(on))
     try: yield
-    finally: _CG_LOOP[0] = old
+    finally: _CG_LOOP.reset(token)
 
 def _biharmonic_cg(y, hole, iters):
     "`_cg_steps` with the faster Laplacian of the device; in an ONNX export one `Loop` instead of `iters` unrolled steps."
-    if torch.onnx.is_in_onnx_export() and _CG_LOOP[0] and (cg := _scripted_cg_steps()) is not None:
+    if torch.onnx.is_in_onnx_export() and _CG_LOOP.get() and (cg := _scripted_cg_steps()) is not None:
         return cg(y, hole, iters, None)   # the same operations, so the same values: the traced graph keeps the loop as one node
     return _cg_steps(y, hole, iters, _conv_kernel(y))
 
