@@ -139,6 +139,7 @@ def test_perceptual_trunk_is_part_of_the_key(tmp_path, monkeypatch):
     faces = p.faces(_faces(tmp_path / 'f', 12, 0))
     exp = EXPERIMENTS['t6_row9']
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))   # an empty hub cache: the ST-LPIPS trunk
+    monkeypatch.delenv('TWOSTAGE_WEIGHTS', raising=False)
     assert perceptual_trunk(p.loss_cfg(exp)) == 'stlpips'
     before = plan_experiment(exp, p, faces, runs=tmp_path / 'R', log=None)
     (tmp_path / 'torch' / 'hub' / 'checkpoints').mkdir(parents=True)
@@ -147,3 +148,24 @@ def test_perceptual_trunk_is_part_of_the_key(tmp_path, monkeypatch):
     after = plan_experiment(exp, p, faces, runs=tmp_path / 'R', log=None)
     assert all(before[st][2] != after[st][2] and before[st][0] != after[st][0] for st in exp.stages)
     assert perceptual_trunk(LossCfg(perceptual=0., style=0.)) is None   # no VGG terms: no trunk, no entry
+
+
+def test_resume_across_perceptual_trunks_is_refused(faces32, tmp_path):
+    "A run folder trained against one kind of VGG16 weights is never resumed with the other; nothing in it is touched."
+    import copy
+    from twostage.core import UserError
+    from twostage.losses import LossCfg
+    from twostage.train import Trainer
+    from twostage.weights import VGGFeatures
+    st = VGGFeatures(layers=('pool1',))                     # the ST-LPIPS trunk here (no ImageNet weights on the build machines)
+    im = copy.copy(st); im.source = 'torch-hub-cache:/somewhere/vgg16-397923af.pth'   # the same layers, named as ImageNet's
+    loss = LossCfg(vgg_layers=('pool1',))
+    tc = TrainCfg(size=32, batch_size=2, steps_coarse=2, ckpt_every=1, val_every=2, sample_every=0, n_val=2, precision='fp32')
+    Trainer(TINY_CFG, loss, tc, faces32, tmp_path / 'run', stage='coarse', vgg=st, progress=False).fit()
+    before = {p.name: p.read_bytes() for p in (tmp_path / 'run').iterdir() if p.is_file()}
+    longer = replace(tc, steps_coarse=4)
+    with pytest.raises(UserError, match='resuming would mix'):
+        Trainer(TINY_CFG, loss, longer, faces32, tmp_path / 'run', stage='coarse', vgg=im, progress=False).fit()
+    assert {p.name: p.read_bytes() for p in (tmp_path / 'run').iterdir() if p.is_file()} == before
+    Trainer(TINY_CFG, loss, longer, faces32, tmp_path / 'run', stage='coarse', vgg=st, progress=False).fit()   # the same trunk resumes
+    assert torch.load(tmp_path / 'run' / 'last.pt', map_location='cpu', weights_only=True)['step'] == 4

@@ -631,7 +631,7 @@ def finetune_shipped(ft: Finetune, profile, data=None, runs=None, device=None,
     secs = round(_train_seconds(out / 'losses.csv'), 1)
     block = {'from_sha256': rec['sha256'], 'recipe': ft.key_dict(), 'seconds': secs, 'machine': _machine(t.trained_with),
              'data': {'root': str(faces.root), 'train_faces': len(faces.train)}, 'when': time.strftime('%Y-%m-%d'),
-             'code_version': code_version()}
+             'code_version': code_version(), 'perceptual_trunk': getattr(t.vgg, 'source', None)}   # which VGG16 weights it used
     new_card = {k: v for k, v in card.items() if k not in ('scores', 'evaluated', 'protocol')}   # scores: the next evaluation's
     new_card |= {'machine': {'training': (card.get('machine') or {}).get('training')}, 'finetune': block}
     new = export_release(last, name, folder, card=new_card, blend=rec.get('blend'))

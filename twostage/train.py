@@ -475,6 +475,17 @@ def _resume_from(self, last: Path):
                     "delete the folder to start this run over (twostage-train: or pass --no-resume)")
 
 @patch_to(Trainer)
+def _check_trunk(self, ck, src):
+    "Refuse to resume a run trained against another kind of VGG16 weights than this one's perceptual terms use (nothing is touched)."
+    from twostage.weights import trunk_kind
+    was, now = ck.get('perceptual_trunk'), getattr(self.vgg, 'source', None)
+    if trunk_kind(was) and trunk_kind(now) and trunk_kind(was) != trunk_kind(now):
+        raise UserError(f"{src} was trained against the {trunk_kind(was)} VGG16 weights ({was}), but this run's perceptual and "
+                        f"style terms would use the {trunk_kind(now)} ones ({now}): resuming would mix the two. Train into another "
+                        "folder (twostage-train and twostage-reproduce name their folders by the trunk), or restore the weights "
+                        "the run was trained with")
+
+@patch_to(Trainer)
 def _fit(self, resume, until):
     stop = self.tcfg.steps(self.stage)
     # how this run's steps were trained (for the run record): this process's choice, unless it had nothing to do
@@ -483,6 +494,7 @@ def _fit(self, resume, until):
     if resume and (last.exists() or (self.out / 'last.prev.pt').exists()):
         ck, src = self._resume_from(last)
         check_compatible(ck, self.mcfg, self.stage, stage1_only=self.S.shared)
+        self._check_trunk(ck, src)
         if ck['step'] >= stop and src == last:       # finished earlier: nothing to do
             self.step = ck['step']
             self.trained_with = {'precision': ck.get('precision_choice'), 'threads': ck.get('threads')}   # not today's choice

@@ -14,8 +14,8 @@ log = logging.getLogger('twostage.weights')
 
 # %% auto #0
 __all__ = ['log', 'TORCHVISION_FILES', 'BUNDLED_FILES', 'PREFIX_KEY', 'MissingWeights', 'hub_checkpoint', 'stlpips_dir',
-           'bundled_checkpoint', 'save_trunk_prefix', 'locate_backbone', 'resolve_backbone', 'vgg_layer_names',
-           'VGGFeatures']
+           'bundled_checkpoint', 'save_trunk_prefix', 'locate_backbone', 'resolve_backbone', 'trunk_kind',
+           'vgg_layer_names', 'VGGFeatures']
 
 # %% ../nbs/09_weights.ipynb #eaf81a29
 TORCHVISION_FILES = {  # backbone -> (file name in the torch hub cache, download URL)
@@ -155,6 +155,12 @@ def resolve_backbone(name: str,           # 'vgg16' or 'alexnet'
                   f"ImageNet-{name} perceptual losses. For those, download {TORCHVISION_FILES[name][1]} into "
                   f"{hub_checkpoint(name).parent}/")
     return _freeze(_bundled_features(name, p)), source
+
+def trunk_kind(source: str | None, # a source string of `resolve_backbone` (as `VGGFeatures.source` and a checkpoint's `perceptual_trunk` hold it)
+              ) -> str | None:
+    "'stlpips' or 'imagenet': the kind of weights a source string names, as `locate_backbone` gives it (None for None)."
+    if not source: return None
+    return 'stlpips' if 'shift-tolerant' in source else 'imagenet'
 
 # %% ../nbs/09_weights.ipynb #4ad6937a
 def vgg_layer_names(features: nn.Sequential) -> list:
