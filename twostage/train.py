@@ -479,9 +479,10 @@ def _check_trunk(self, ck, src):
     "Refuse to resume a run trained against another kind of VGG16 weights than this one's perceptual terms use (nothing is touched)."
     from twostage.weights import trunk_kind
     was, now = ck.get('perceptual_trunk'), getattr(self.vgg, 'source', None)
-    if trunk_kind(was) and trunk_kind(now) and trunk_kind(was) != trunk_kind(now):
-        raise UserError(f"{src} was trained against the {trunk_kind(was)} VGG16 weights ({was}), but this run's perceptual and "
-                        f"style terms would use the {trunk_kind(now)} ones ({now}): resuming would mix the two. Train into another "
+    kw, kn = trunk_kind(was), trunk_kind(now)
+    if kw and kn and kw != kn:
+        raise UserError(f"{src} was trained against the {kw} VGG16 weights ({was}), but this run's perceptual and "
+                        f"style terms would use the {kn} ones ({now}): resuming would mix the two. Train into another "
                         "folder (twostage-train and twostage-reproduce name their folders by the trunk), or restore the weights "
                         "the run was trained with")
 
