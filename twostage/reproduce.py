@@ -15,13 +15,13 @@ from .core import runs_dir, figures_dir, stable_hash, atomic_write, code_version
 from .experiments import (TABLE6, TABLE6_ROWS, STAGE1, SEEDS, STAGE2_STUDY, LONG_STAGE2, PROFILES, RELEASE_PROFILES, Experiment, Profile, get_profile, train_experiment, stage_keys,
                                   data_id, plan_experiment, perceptual_trunk, trunk_key)
 from .masks import load_eval_masks, IRREGULAR   # IRREGULAR: the stroke and free-form families, holes of every size
-from .runtime import EtaMeter, cpu_capability, cpu_name, choose_precision
+from .runtime import EtaMeter, cpu_capability, cpu_name, choose_precision, say
 from .train import resolve_precision
 from .cli import guard
 from .evaluate import eval_faces, eval_masks, load_images, evaluate, summarise, model_fn, RESULT_COLUMNS
 from .metrics import build_perceptual_metric
 from .peers import inpaint_peer, PEER_VERSION
-from .runs import load_model, read_record
+from .runs import load_model, read_record, read_checkpoint
 from .experiments import EXPERIMENTS
 from .models.blend import EdgeBlend
 
@@ -177,7 +177,7 @@ def reproduce(profile: str | Profile = 'cpu', # a name of `PROFILES` (smoke, cpu
               shipped: bool = False, # a release profile: evaluate the shipped weights (in `release_to`) instead of training row 9
               finetune: Finetune | None = None, # first train the shipped weights further (`finetune_shipped`); without `shipped`
                                                 # a release profile first trains them: the whole release recipe in one job
-              log=print) -> dict:
+              log=say) -> dict:
     "Run the main job of a profile end to end; returns the paths it wrote."
     t0 = time.time()
     prof = get_profile(profile) if isinstance(profile, str) else profile
@@ -543,6 +543,7 @@ def _training_facts(profile: Profile, ckpt: dict, faces) -> dict:
         'steps': {'coarse': tc.steps_coarse, 'fine': tc.steps_fine, 'batch_size': tc.batch_size, 'size': tc.size},
         'train_seconds': {st: round(_train_seconds(Path(p).parent / 'losses.csv'), 1) for st, p in ckpt.items()},
         'machine': {'training': {st: _run_record(p) for st, p in ckpt.items()}},
+        'perceptual_trunk': {st: read_checkpoint(p, mmap=True).get('perceptual_trunk') for st, p in ckpt.items()},   # which VGG16 weights
         'recipe': {'model': profile.model_cfg(row9).to_dict(), 'loss': profile.loss_cfg(row9).to_dict(),
                    'train': {k: v for k, v in tc.to_dict().items() if k not in ('log_every', 'sample_every', 'num_workers')}}}
 
@@ -568,7 +569,7 @@ def release_card(results: pd.DataFrame, profile: Profile, ckpt: dict, faces, mac
     return {**facts, 'machine': {**facts['machine'], 'evaluation': machine}, 'protocol': protocol, 'scores': scores}
 
 # %% ../nbs/17_reproduce.ipynb #bb6b1dad
-def _train_release(prof: Profile, ft: Finetune, data, runs, device, release_to, progress: bool = True, log=print):
+def _train_release(prof: Profile, ft: Finetune, data, runs, device, release_to, progress: bool = True, log=say):
     "Train row 9 of a release profile and write it as the shipped weights, its card without scores; returns the fine-tune's `on_step`."
     from twostage.release import export_release, RELEASE_NAME
     faces, exp = prof.faces(data), EXPERIMENTS['t6_row9']
@@ -584,10 +585,22 @@ def _train_release(prof: Profile, ft: Finetune, data, runs, device, release_to, 
     log(f"[release] {rec['file']} (sha256 {rec['sha256'][:16]}...) written from {ck['fine']}, to be fine-tuned")
     return lambda n=1: eta.update(n * w)
 
+def _check_card_trunk(rec: dict, now: str | None):
+    "Refuse to fine-tune release weights trained against another kind of VGG16 weights than `now` (the card's record; none: no check)."
+    from twostage.weights import trunk_kind
+    was = {st: s for st, s in ((rec.get('card') or {}).get('perceptual_trunk') or {}).items() if s}
+    if now and (other := {st: s for st, s in was.items() if trunk_kind(s) != now}):
+        st, s = next(iter(other.items()))
+        raise UserError(f"{rec['file']} (sha256 {rec['sha256'][:12]}...) was trained against the {trunk_kind(s)} VGG16 weights "
+                        f"(its {st} stage: {s}), but here the perceptual and style terms would use the {now} ones: the fine-tune "
+                        "would change the loss the weights were trained with. Make the same weights the ones found here (ImageNet "
+                        "weights are used when vgg16-397923af.pth is in the torch hub cache or in TWOSTAGE_WEIGHTS, ST-LPIPS's otherwise; "
+                        "twostage.weights.locate_backbone says which), then run it again")
+
 def finetune_shipped(ft: Finetune, profile, data=None, runs=None, device=None,
                      name: str | None = None, # the release's name (default `twostage.release.RELEASE_NAME`)
                      folder=None,           # the release's folder (default: the package's assets)
-                     progress: bool = True, log=print,
+                     progress: bool = True, log=say,
                      on_step=None,          # called after every training step (the one-job release's time estimate)
                     ) -> dict:
     "Train the shipped generator further as `ft` says and write the result as the shipped weights; returns the new record."
@@ -613,6 +626,7 @@ def finetune_shipped(ft: Finetune, profile, data=None, runs=None, device=None,
                         "`make release-eval` (--shipped without --finetune)")
     faces = prof.faces(data); did = data_id(faces, prof)
     mc, lc = ModelCfg.from_dict(rec['model_cfg']), LossCfg.from_dict(rec['loss_cfg'])
+    _check_card_trunk(rec, perceptual_trunk(lc))
     tc = replace(TrainCfg.from_dict(rec['train_cfg']), steps_joint=ft.steps, batch_size=ft.batch_size, lr_g_fine=ft.lr,
                  lr_d=ft.lr / 2, adv_warmup=ft.adv_warmup, mask_family=ft.mask_family, seed=ft.seed, num_workers=0,
                  favour_glasses=ft.favour_glasses, ema=ft.ema,

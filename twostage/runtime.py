@@ -12,8 +12,8 @@ from .core import get_device, UserError
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'PROBE_VERSION', 'WIDTH_FIELDS', 'cpu_capability', 'native_bf16', 'cpu_name', 'PrecisionChoice',
-           'probe_step_time', 'precision_memo_path', 'machine_key', 'choose_precision', 'tune_allocator', 'EtaMeter',
-           'RunLocked', 'run_lock', 'data_fingerprint']
+           'probe_step_time', 'precision_memo_path', 'machine_key', 'choose_precision', 'tune_allocator', 'say',
+           'EtaMeter', 'RunLocked', 'run_lock', 'data_fingerprint']
 
 # %% ../nbs/21_runtime.ipynb #77705de2
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
@@ -193,10 +193,16 @@ def tune_allocator() -> bool:
                for opt, v in ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 2 ** 31 - 1), (_M_TOP_PAD, 256 << 20)))
 
 # %% ../nbs/21_runtime.ipynb #98d0d5ab
+def say(msg: str):
+    "Print `msg` on a line of its own, also while a tqdm progress bar is drawn (`tqdm.write`)."
+    from tqdm.auto import tqdm
+    tqdm.write(str(msg))
+
 class EtaMeter:
     "Counts training steps of a job and prints the estimated time left after `first` seconds, then every `every` seconds."
     def __init__(self, total_steps: int,   # steps the job still has to train
-                 log=print, first: float = 60., every: float = 600., clock=time.monotonic,
+                 log=say,                 # where the estimate goes (default: printed on a line of its own beside the progress bar)
+                 first: float = 60., every: float = 600., clock=time.monotonic,
                  budget: tuple = (),      # (minutes, of what where), e.g. a profile's `budget`: said when the estimate exceeds it
                 ):
         self.total, self.log, self.first, self.every, self.clock = max(int(total_steps), 0), log, first, every, clock
